@@ -1,0 +1,136 @@
+"""Argument checks shared by every public entry point.
+
+Every check raises ``ValueError`` or ``TypeError`` whose message names the
+argument, what was expected and what came in. Nothing here is silent: a shape
+that would broadcast wrongly is an error, never a reshape.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def describe(x: torch.Tensor) -> str:
+    return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+
+
+def check_tensor(name: str, x, *, min_dim: int = 1, float_only: bool = True) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimension(s), got {describe(x)}")
+    if float_only and x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), got {x.dtype}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch ({describe(x)}): at least one row is required")
+    return x
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf); {describe(x)}")
+
+
+def check_same_layout(reference_name: str, reference: torch.Tensor, **others: Optional[torch.Tensor]) -> None:
+    """Each of ``others`` must have exactly the shape, dtype and device of ``reference``."""
+    for name, x in others.items():
+        if x is None:
+            continue
+        check_tensor(name, x)
+        if x.shape != reference.shape:
+            raise ValueError(
+                f"{name} must have the shape of {reference_name} {tuple(reference.shape)}, got {tuple(x.shape)}"
+            )
+        if x.dtype != reference.dtype:
+            raise TypeError(f"{name} must have the dtype of {reference_name} ({reference.dtype}), got {x.dtype}")
+        if x.device != reference.device:
+            raise ValueError(
+                f"{name} must be on the device of {reference_name} ({reference.device}), got {x.device}"
+            )
+
+
+def check_x0(x0: torch.Tensor, v: torch.Tensor) -> int:
+    """x0 is [N, *S] or [B, *S] with N = B * K. Returns K (draws per sample)."""
+    check_tensor("x0", x0)
+    if x0.dim() != v.dim() or x0.shape[1:] != v.shape[1:]:
+        raise ValueError(
+            f"x0 must be [N, *S] or [B, *S] with the latent shape S of v {tuple(v.shape[1:])}, "
+            f"got {tuple(x0.shape)}"
+        )
+    n, b = v.shape[0], x0.shape[0]
+    if n % b != 0:
+        raise ValueError(
+            f"x0 has {b} rows but v has {n}: N must be a multiple of B (N = B * K draws, "
+            f"the K draws of a sample consecutive)"
+        )
+    if x0.dtype != v.dtype:
+        raise TypeError(f"x0 must have the dtype of v ({v.dtype}), got {x0.dtype}")
+    if x0.device != v.device:
+        raise ValueError(f"x0 must be on the device of v ({v.device}), got {x0.device}")
+    return n // b
+
+
+def check_per_draw(name: str, x, n: int, device: torch.device) -> torch.Tensor:
+    """A per-draw vector of length n: a tensor [N] (or a Python float broadcast to [N])."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return torch.full((n,), float(x), device=device)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [{n}] or a float, got {type(x).__name__}")
+    if x.dim() == 0:
+        return x.expand(n)
+    if x.shape != (n,):
+        raise ValueError(f"{name} must have shape [{n}] (one value per draw), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
+    if x.device != device:
+        raise ValueError(f"{name} must be on the device of v ({device}), got {x.device}")
+    return x
+
+
+def check_timesteps(t: torch.Tensor, *, allow_zero: bool = False) -> None:
+    check_finite("t", t)
+    low_ok = (t >= 0) if allow_zero else (t > 0)
+    if not bool((low_ok & (t <= 1)).all()):
+        lo, hi = float(t.min()), float(t.max())
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(f"t must lie in {interval}, got values in [{lo:g}, {hi:g}]")
+
+
+def check_choice(name: str, value, allowed: Iterable) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(repr(a) for a in allowed)}")
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or value != value or value in (float("inf"), float("-inf")):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+    return float(value)
+
+
+def row_count(shape: Sequence[int]) -> int:
+    d = 1
+    for s in shape[1:]:
+        d *= int(s)
+    return d
+
+
+def check_noise_seed(noise_seed) -> None:
+    """A NoiseSeed's seed and offset are non-negative Python ints below 2**63."""
+    for name in ("seed", "offset"):
+        value = getattr(noise_seed, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"noise.{name} must be an int, got {type(value).__name__}")
+        if not 0 <= value < 2**63:
+            raise ValueError(f"noise.{name} must lie in [0, 2**63), got {value}")

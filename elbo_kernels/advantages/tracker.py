@@ -1,0 +1,94 @@
+"""A per-prompt reward tracker with FlowGRPO's ``PerPromptStatTracker`` semantics.
+
+Rewards are accumulated per prompt string across ``update`` calls until
+``clear()`` (FlowGRPO clears once per epoch); each update returns advantages of
+the rewards just given, standardised with the prompt's accumulated statistics:
+
+    A = (R - mean_prompt) / (std_prompt + 1e-4)      (std of all given rewards with global_std)
+
+Prompts whose accumulated rewards are all equal get A = 0 and are counted in
+``zero_std_ratio`` (the fraction of prompts of the last update with no spread).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from .group import STD_EPS
+
+TRACKER_TYPES = ("grpo", "exact", "rwr")
+
+
+class PerPromptStatTracker:
+    """Per-prompt reward statistics; ``update(prompts, rewards, type="grpo") -> advantages``."""
+
+    def __init__(self, global_std: bool = False, scale: float = 1.0):
+        self.global_std = global_std
+        self.scale = scale
+        self.stats: Dict[str, List[float]] = {}
+        self.history_prompts: set = set()
+        self.zero_std_ratio: float = 0.0
+
+    def update(self, prompts: Sequence[str], rewards, type: str = "grpo") -> np.ndarray:  # noqa: A002
+        """Advantages (float64 array, one per reward) for this batch.
+
+        type: "grpo" standardised (FlowGRPO), "exact" scale * (R - mean) (the study),
+        "rwr" the raw rewards.
+        Raises ValueError for mismatched lengths, non-finite rewards or an unknown type.
+        """
+        if type not in TRACKER_TYPES:
+            raise ValueError(f"unknown type {type!r}; expected one of {', '.join(map(repr, TRACKER_TYPES))}")
+        prompts = np.asarray(list(prompts), dtype=object)
+        rewards = np.asarray(rewards, dtype=np.float64).reshape(-1)
+        if prompts.shape[0] != rewards.shape[0]:
+            raise ValueError(f"prompts ({prompts.shape[0]}) and rewards ({rewards.shape[0]}) must have the same length")
+        if not np.isfinite(rewards).all():
+            raise ValueError(f"rewards contains {int((~np.isfinite(rewards)).sum())} non-finite value(s)")
+        unique = list(dict.fromkeys(prompts.tolist()))
+        for prompt in unique:
+            self.stats.setdefault(prompt, []).extend(rewards[prompts == prompt].tolist())
+            self.history_prompts.add(prompt)
+        advantages = np.zeros_like(rewards)
+        zero_spread = 0
+        for prompt in unique:
+            mask = prompts == prompt
+            history = np.asarray(self.stats[prompt])
+            centred = rewards[mask] - history.mean()
+            if history.max() == history.min():
+                zero_spread += 1
+                centred = np.zeros_like(centred)
+            if type == "rwr":
+                advantages[mask] = rewards[mask]
+            elif type == "exact":
+                advantages[mask] = self.scale * centred
+            else:
+                std = rewards.std() if self.global_std else history.std()
+                advantages[mask] = centred / (std + STD_EPS)
+        self.zero_std_ratio = zero_spread / len(unique)
+        return advantages
+
+    def get_stats(self) -> Tuple[float, int]:
+        """(average number of rewards per tracked prompt, number of prompts ever seen)."""
+        sizes = [len(v) for v in self.stats.values()]
+        return (sum(sizes) / len(sizes) if sizes else 0.0), len(self.history_prompts)
+
+    def clear(self) -> None:
+        self.stats = {}
+
+    def state_dict(self) -> dict:
+        return {
+            "global_std": self.global_std,
+            "scale": self.scale,
+            "stats": {k: list(v) for k, v in self.stats.items()},
+            "history_prompts": sorted(self.history_prompts),
+            "zero_std_ratio": self.zero_std_ratio,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_std = state["global_std"]
+        self.scale = state["scale"]
+        self.stats = {k: list(v) for k, v in state["stats"].items()}
+        self.history_prompts = set(state["history_prompts"])
+        self.zero_std_ratio = state["zero_std_ratio"]

@@ -1,0 +1,52 @@
+"""The ``elbo-kernels`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from typing import List, Optional
+
+
+def _version(module: str) -> str:
+    try:
+        return __import__(module).__version__
+    except Exception as exc:  # noqa: BLE001 - report, don't fail, in a diagnostic command
+        return f"not importable ({type(exc).__name__})"
+
+
+def info(_: argparse.Namespace) -> int:
+    """Print versions, devices and which backends are built and usable (and why not)."""
+    import torch
+
+    import elbo_kernels as ek
+
+    print(f"elbo_kernels {ek.__version__}")
+    print(f"python       {platform.python_version()} ({sys.executable})")
+    for module in ("torch", "triton", "diffusers", "peft", "accelerate", "transformers", "safetensors", "numpy"):
+        print(f"{module:<12} {_version(module)}")
+    print(f"torch.version.cuda {torch.version.cuda}; CUDA available: {torch.cuda.is_available()}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            print(f"  cuda:{i} {torch.cuda.get_device_name(i)}")
+    print(f"CPU threads  {torch.get_num_threads()}")
+    print("backends:")
+    statuses = ek.available_backends()
+    for name, status in statuses.items():
+        mark = "usable " if status else "missing"
+        print(f"  {name:<7} {mark}  {status.reason}")
+    for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+        print(f"auto on {device}: {ek.backends.resolve_backend('auto', torch.device(device))}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="elbo-kernels", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("info", help="versions, devices and backends").set_defaults(func=info)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

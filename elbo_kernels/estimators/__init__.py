@@ -1,0 +1,18 @@
+"""Likelihood estimators: the ELBO (weightings, timestep and noise sampling) and the SDE trajectory."""
+
+from .elbo import WEIGHTINGS, elbo, elbo_from_moments
+from .timesteps import NOISE_MODES, TIMESTEP_SAMPLERS, sample_noise, sample_timesteps
+from .trajectory import SDE_TYPES, sde_step_coefficients, sde_step_log_prob
+
+__all__ = [
+    "WEIGHTINGS",
+    "elbo",
+    "elbo_from_moments",
+    "NOISE_MODES",
+    "TIMESTEP_SAMPLERS",
+    "sample_noise",
+    "sample_timesteps",
+    "SDE_TYPES",
+    "sde_step_coefficients",
+    "sde_step_log_prob",
+]

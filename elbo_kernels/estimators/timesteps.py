@@ -1,0 +1,130 @@
+"""Where the K draws of each sample are taken: timestep samplers and noise options.
+
+Timestep samplers return t [B, K] in (0, 1] (flatten to [B*K] for the loss; the
+K draws of a sample are consecutive rows):
+
+    grid          the rollout sampler's own grid (sigmas > 0), a random permutation per
+                  sample, the first K used (the study: 9 of 10 steps, fresh eps each)
+    uniform       t ~ U(t_min, t_max)
+    logit_normal  t = sigmoid(m + s z), z ~ N(0, 1), clamped to [t_min, t_max]
+    stratified    t = t_min + (t_max - t_min) (k + U_k) / K, one draw per stratum k
+
+Noise options return eps [B*K, *S]:
+
+    iid           independent N(0, I) per draw
+    antithetic    draws in consecutive pairs (eps, -eps) within each sample's K draws
+                  (K must be even); cancels the odd-order error terms of the estimate
+
+All take a ``torch.Generator`` (or a seed) so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .._validation import check_choice, check_tensor
+
+TIMESTEP_SAMPLERS = ("grid", "uniform", "logit_normal", "stratified")
+NOISE_MODES = ("iid", "antithetic")
+
+GeneratorLike = Union[torch.Generator, int, None]
+
+
+def _generator(generator: GeneratorLike, device) -> Optional[torch.Generator]:
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        g = torch.Generator(device=device)
+        g.manual_seed(generator)
+        return g
+    raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
+
+
+def sample_timesteps(
+    batch_size: int,
+    draws_per_sample: int,
+    *,
+    sampler: str = "grid",
+    grid: Optional[torch.Tensor] = None,
+    t_min: float = 1e-3,
+    t_max: float = 1.0,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    generator: GeneratorLike = None,
+    device=None,
+) -> torch.Tensor:
+    """Timesteps t [B, K] for K draws per sample (module docstring lists the samplers).
+
+    Args:
+        batch_size: B >= 1 samples.
+        draws_per_sample: K >= 1 draws each.
+        sampler: "grid", "uniform", "logit_normal" or "stratified".
+        grid: for "grid", the rollout's sigma grid (any order; zeros are dropped); K must not
+            exceed the number of positive grid values.
+        t_min, t_max: bounds for the continuous samplers, 0 < t_min < t_max <= 1.
+    Returns:
+        float32 tensor [B, K] on ``device`` (grid's device for "grid").
+    Raises:
+        ValueError naming the argument for a bad sampler, sizes or bounds.
+    """
+    check_choice("sampler", sampler, TIMESTEP_SAMPLERS)
+    for name, value in (("batch_size", batch_size), ("draws_per_sample", draws_per_sample)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not 0 < t_min < t_max <= 1:
+        raise ValueError(f"t_min and t_max must satisfy 0 < t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+    b, k = batch_size, draws_per_sample
+    if sampler == "grid":
+        if grid is None:
+            raise ValueError("sampler 'grid' needs grid=<the rollout's sigma grid>")
+        check_tensor("grid", grid)
+        positive = grid[grid > 0].to(torch.float32)
+        if k > positive.numel():
+            raise ValueError(
+                f"draws_per_sample={k} exceeds the {positive.numel()} positive values of the grid"
+            )
+        gen = _generator(generator, "cpu")
+        order = torch.argsort(torch.rand(b, positive.numel(), generator=gen), dim=1)[:, :k]
+        return positive.cpu()[order].to(grid.device)
+    gen = _generator(generator, "cpu")
+    if sampler == "uniform":
+        t = t_min + (t_max - t_min) * torch.rand(b, k, generator=gen)
+    elif sampler == "logit_normal":
+        t = torch.sigmoid(logit_mean + logit_std * torch.randn(b, k, generator=gen)).clamp(t_min, t_max)
+    else:
+        strata = torch.arange(k, dtype=torch.float32)
+        t = t_min + (t_max - t_min) * (strata + torch.rand(b, k, generator=gen)) / k
+    return t.clamp_(min=t_min, max=t_max).to(device)
+
+
+def sample_noise(
+    shape: Sequence[int],
+    draws_per_sample: int,
+    *,
+    mode: str = "iid",
+    generator: GeneratorLike = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """eps [N, *S] for N = B * K draws (shape = (N, *S)); mode "iid" or "antithetic".
+
+    Raises:
+        ValueError for an unknown mode, N not a multiple of K, or odd K with "antithetic".
+    """
+    check_choice("mode", mode, NOISE_MODES)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 1 or shape[0] < 1:
+        raise ValueError(f"shape must be (N, *S) with N >= 1, got {shape}")
+    n, k = shape[0], draws_per_sample
+    if k < 1 or n % k:
+        raise ValueError(f"shape[0]={n} must be a multiple of draws_per_sample={k}")
+    gen = _generator(generator, "cpu")
+    if mode == "iid":
+        return torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    if k % 2:
+        raise ValueError(f"mode 'antithetic' pairs draws, so draws_per_sample must be even, got {k}")
+    half = torch.randn((n // 2,) + shape[1:], generator=gen)
+    eps = torch.stack([half, -half], dim=1).reshape(shape)
+    return eps.to(device=device, dtype=dtype)

@@ -1,0 +1,149 @@
+"""The advantage-weighted policy loss on ELBO estimates: one fused pass, every objective.
+
+    loss = mean_n objective_n + beta * mean_n k_n
+
+with the objective table in objectives/table.py and the KL terms in
+objectives/kl.py. The big tensors are read once, by the residual-sums op; all
+that follows is arithmetic on [N] vectors, and the gradient with respect to v is
+one elementwise pass (ops/residual_sums.py).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+
+from .._validation import check_choice, check_finite, check_per_draw, check_positive, row_count
+from ..backends import resolve_backend
+from ..estimators.elbo import WEIGHTINGS, elbo_from_sums, validate_draws
+from ..ops.noise import NoiseSeed
+from ..ops.residual_sums import COLUMN, residual_sums
+from .kl import KL_ESTIMATORS, kl_term
+from .table import OBJECTIVES, Draws
+
+# Objectives that never look at the old policy (v_old may be None for them).
+OFF_POLICY_FREE = ("epg_noratio", "awm")
+
+
+def policy_loss(
+    v: torch.Tensor,
+    v_old: Optional[torch.Tensor],
+    v_ref: Optional[torch.Tensor],
+    x0: torch.Tensor,
+    noise: Union[torch.Tensor, NoiseSeed],
+    t,
+    advantages,
+    *,
+    objective: str = "pepg",
+    weighting: str = "adaptive",
+    kl: Optional[str] = "girsanov",
+    beta: float = 1e-4,
+    clip_range: float = 1e-3,
+    adv_clip_max: float = 5.0,
+    nft_beta: float = 1.0,
+    backend: str = "auto",
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Policy loss on per-draw ELBO estimates, with its statistics.
+
+    Args:
+        v: current-policy velocities [N, *S] at (x_t, t); gradients flow to v only.
+        v_old: old-policy velocities at the same x_t [N, *S] (no gradient). May be None only for
+            "epg_noratio" and "awm", which never use the old policy.
+        v_ref: reference-model velocities [N, *S] (no gradient); required when ``kl`` is set and
+            beta > 0, ignored otherwise.
+        x0: [N, *S] or [B, *S] with N = B * K (draw n uses x0[n // K], not copied).
+        noise: eps [N, *S] that made x_t, or NoiseSeed(seed, offset) to regenerate it in-kernel.
+        t: [N] timesteps in (0, 1].
+        advantages: [N] per draw; for "nft" optimality probabilities in [0, 1].
+        objective: one of epg, epg_noratio, pepg, pepg_noratio, par, par_noratio, grpo, nft, awm.
+        weighting: simple, t, path_kl or adaptive (nft uses it for its x0-space losses L+-).
+        kl: girsanov, kl1, kl2, kl3, kl1_iw, kl2_iw, kl3_iw, or None for no KL term.
+        beta: KL weight (>= 0).
+        clip_range: c of the grpo clip, and the threshold of clipfrac (> 0).
+        adv_clip_max: M, the advantage clamp of grpo and awm and the scale of nft (> 0).
+        nft_beta: g, the DiffusionNFT blend (> 0).
+        backend: "auto", "torch", "cpu", "cuda" or "triton".
+    Returns:
+        (loss, stats): loss a 0-dim tensor (float32; float64 for float64 inputs); stats a dict of
+        detached 0-dim tensors: policy_loss, kl, approx_kl (0.5 mean l^2), clipfrac
+        (mean |rho - 1| > c), clipfrac_gt_one, clipfrac_lt_one, ratio_mean, ratio_max,
+        elbo_mean, elbo_old_mean.
+    Raises:
+        TypeError / ValueError naming the argument for mismatched shapes, dtypes or devices,
+        t outside (0, 1], NaN/Inf in any input or advantage, an empty batch, or an unknown
+        objective / weighting / kl / backend.
+    """
+    check_choice("objective", objective, tuple(OBJECTIVES))
+    check_choice("weighting", weighting, WEIGHTINGS)
+    check_choice("kl", kl, KL_ESTIMATORS + (None,))
+    beta = check_positive("beta", beta, allow_zero=True)
+    clip_range = check_positive("clip_range", clip_range)
+    adv_clip_max = check_positive("adv_clip_max", adv_clip_max)
+    nft_beta = check_positive("nft_beta", nft_beta)
+    if v_old is None and objective not in OFF_POLICY_FREE:
+        raise ValueError(f"v_old is required for objective {objective!r} (only {OFF_POLICY_FREE} work without it)")
+    use_kl = kl is not None and beta > 0
+    if use_kl and v_ref is None:
+        raise ValueError(f"v_ref is required for kl={kl!r} with beta={beta} > 0 (pass kl=None or beta=0 to disable)")
+    v_ref = v_ref if use_kl else None
+    _, t = validate_draws(v, x0, noise, t, v_old=v_old, v_ref=v_ref)
+    advantages = check_per_draw("advantages", advantages, v.shape[0], v.device)
+    check_finite("advantages", advantages)
+    if objective == "nft" and not bool(((advantages >= 0) & (advantages <= 1)).all()):
+        raise ValueError(
+            "advantages for objective 'nft' are optimality probabilities in [0, 1] "
+            f"(group_advantages(mode='nft') makes them), got values in "
+            f"[{float(advantages.min()):g}, {float(advantages.max()):g}]"
+        )
+
+    backend = resolve_backend(backend, v.device)
+    is_nft = objective == "nft"
+    sums = residual_sums(v, x0, noise, v_old, v_ref, nft_beta=nft_beta if is_nft else 0.0, backend=backend)
+    d = row_count(v.shape)
+    e_theta = elbo_from_sums(sums, t, d, weighting, "S")
+    e_old = elbo_from_sums(sums, t, d, weighting, "O") if v_old is not None else e_theta.detach()
+    draws = Draws(
+        e_theta=e_theta,
+        e_old=e_old,
+        advantages=advantages.to(e_theta.dtype),
+        clip_range=clip_range,
+        adv_clip_max=adv_clip_max,
+        nft_beta=nft_beta,
+        nft_positive=-elbo_from_sums(sums, t, d, weighting, "P") if is_nft else None,
+        nft_negative=-elbo_from_sums(sums, t, d, weighting, "M") if is_nft else None,
+    )
+    per_draw = OBJECTIVES[objective](draws)
+    policy = per_draw.mean()
+    if use_kl:
+        k = kl_term(
+            kl,
+            girsanov=sums[:, COLUMN["K2"]] / d,
+            e_theta=e_theta,
+            e_ref=elbo_from_sums(sums, t, d, weighting, "R"),
+            ratio=draws.ratio,
+        ).mean()
+        loss = policy + beta * k
+    else:
+        k = torch.zeros((), dtype=policy.dtype, device=policy.device)
+        loss = policy
+    return loss, _stats(draws, policy, k)
+
+
+def _stats(draws: Draws, policy: torch.Tensor, k: torch.Tensor) -> Dict[str, torch.Tensor]:
+    with torch.no_grad():
+        l = draws.log_ratio  # noqa: E741
+        ratio = torch.exp(l)
+        c = draws.clip_range
+        return {
+            "policy_loss": policy.detach(),
+            "kl": k.detach(),
+            "approx_kl": 0.5 * l.square().mean(),
+            "clipfrac": ((ratio - 1).abs() > c).to(ratio.dtype).mean(),
+            "clipfrac_gt_one": (ratio > 1 + c).to(ratio.dtype).mean(),
+            "clipfrac_lt_one": (ratio < 1 - c).to(ratio.dtype).mean(),
+            "ratio_mean": ratio.mean(),
+            "ratio_max": ratio.max(),
+            "elbo_mean": draws.e_theta.detach().mean(),
+            "elbo_old_mean": draws.e_old.mean(),
+        }

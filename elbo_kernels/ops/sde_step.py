@@ -1,0 +1,90 @@
+"""Fused Gaussian SDE step: mean, log-density and its reduction, with the gradient in v.
+
+Every SDE step of a flow sampler (FlowGRPO's "sde" and "cps" variants) is,
+per draw n, an affine mean and a Gaussian log-density with per-row scalars
+coef[n] = (a_x, a_v, w, c):
+
+    prev_mean = a_x * x + a_v * v
+    log_prob  = c - w * mean_D (x_prev - prev_mean)^2
+
+The scalars come from the sampler's sigmas in a tiny prologue
+(:func:`elbo_kernels.estimators.trajectory.sde_step_coefficients`); the kernels
+never see which variant they run. Everything is computed in float32 (float64
+for float64 inputs), and prev_mean is returned in that precision.
+
+Gradient (v only): dL/dv = a_v * (g_mean + g_logp * 2 w (x_prev - prev_mean) / D).
+
+Bytes: forward reads v, x, x_prev (3 N D E) and writes prev_mean (N D 4);
+backward reads v, x, x_prev, g_mean and writes dL/dv.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+COEF_NAMES = ("a_x", "a_v", "w", "c")
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sde_step_reference(
+    v: torch.Tensor, x: torch.Tensor, x_prev: torch.Tensor, coef: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(log_prob [N], prev_mean [N, *S]); differentiable in v through autograd."""
+    acc = _acc(v.dtype)
+    shape = (v.shape[0],) + (1,) * (v.dim() - 1)
+    a_x, a_v, w, c = (coef[:, i].to(acc) for i in range(4))
+    prev_mean = a_x.reshape(shape) * x.to(acc) + a_v.reshape(shape) * v.to(acc)
+    sq = (x_prev.to(acc).detach() - prev_mean).square().reshape(v.shape[0], -1).mean(1)
+    return c - w * sq, prev_mean
+
+
+def sde_step_op(
+    v: torch.Tensor,
+    x: torch.Tensor,
+    x_prev: torch.Tensor,
+    coef: torch.Tensor,
+    *,
+    backend: str = "torch",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(log_prob, prev_mean) on a concrete backend; inputs validated by the caller."""
+    if backend == "torch":
+        return sde_step_reference(v, x, x_prev, coef)
+    coef = coef.to(_acc(v.dtype)).contiguous()
+    if backend in ("cpu", "cuda"):
+        from . import _cpp
+
+        _cpp.load()
+        op = torch.ops.elbo_kernels.sde_step
+    elif backend == "triton":
+        from ._triton import sde_step as _tri  # noqa: F401  (registers the op)
+
+        op = torch.ops.elbo_kernels.sde_step_triton
+    else:
+        raise ValueError(f"unknown backend {backend!r} for sde_step")
+    return op(v, x, x_prev, coef)
+
+
+def sde_step_backward_reference(
+    grad_log_prob: torch.Tensor,
+    grad_prev_mean: Optional[torch.Tensor],
+    v: torch.Tensor,
+    x: torch.Tensor,
+    x_prev: torch.Tensor,
+    coef: torch.Tensor,
+) -> torch.Tensor:
+    """dL/dv in v's dtype, from the closed form in the module docstring."""
+    acc = _acc(v.dtype)
+    n = v.shape[0]
+    d = v[0].numel()
+    shape = (n,) + (1,) * (v.dim() - 1)
+    a_x, a_v, w, _ = (coef[:, i].to(acc).reshape(shape) for i in range(4))
+    prev_mean = a_x * x.to(acc) + a_v * v.to(acc)
+    g = grad_log_prob.to(acc).reshape(shape) * 2 * w * (x_prev.to(acc) - prev_mean) / d
+    if grad_prev_mean is not None:
+        g = g + grad_prev_mean.to(acc)
+    return (a_v * g).to(v.dtype)
