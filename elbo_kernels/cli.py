@@ -40,10 +40,29 @@ def info(_: argparse.Namespace) -> int:
     return 0
 
 
+def train(args: argparse.Namespace) -> int:
+    """Fine-tune with the recommended recipe (or any configured method) and write the run's outputs."""
+    from .train import Trainer
+    from .train.config import config_from_args
+
+    config = config_from_args(args)
+    summary = Trainer(config).fit()
+    print(f"summary: {config.output_dir}/summary.json; final checkpoint: {summary['final_checkpoint']}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    from .train.config import add_arguments
+
     parser = argparse.ArgumentParser(prog="elbo-kernels", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, devices and backends").set_defaults(func=info)
+    train_parser = commands.add_parser(
+        "train", help="RL fine-tuning (default: pepg + adaptive ELBO + ODE rollouts on DigitEval)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_arguments(train_parser)
+    train_parser.set_defaults(func=train)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -77,9 +77,10 @@ def group_advantages(
     mean = torch.zeros(groups, dtype=dtype, device=r.device).index_add_(0, index, r) / count
     centred = r - mean[index]
     # A group with no spread carries no signal: exact zeros, not rounding noise / 1e-4.
-    spread = torch.zeros(groups, dtype=dtype, device=r.device).index_reduce_(
-        0, index, r, "amax", include_self=False
-    ) - torch.zeros(groups, dtype=dtype, device=r.device).index_reduce_(0, index, r, "amin", include_self=False)
+    empty = torch.zeros(groups, dtype=dtype, device=r.device)
+    spread = empty.scatter_reduce(0, index, r, "amax", include_self=False) - empty.scatter_reduce(
+        0, index, r, "amin", include_self=False
+    )
     centred = torch.where(spread[index] > 0, centred, torch.zeros_like(centred))
     if mode == "exact":
         return scale * centred

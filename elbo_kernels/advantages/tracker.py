@@ -18,15 +18,16 @@ import numpy as np
 
 from .group import STD_EPS
 
-TRACKER_TYPES = ("grpo", "exact", "rwr")
+TRACKER_TYPES = ("grpo", "exact", "nft", "rwr")
 
 
 class PerPromptStatTracker:
     """Per-prompt reward statistics; ``update(prompts, rewards, type="grpo") -> advantages``."""
 
-    def __init__(self, global_std: bool = False, scale: float = 1.0):
+    def __init__(self, global_std: bool = False, scale: float = 1.0, adv_clip_max: float = 5.0):
         self.global_std = global_std
         self.scale = scale
+        self.adv_clip_max = adv_clip_max
         self.stats: Dict[str, List[float]] = {}
         self.history_prompts: set = set()
         self.zero_std_ratio: float = 0.0
@@ -35,7 +36,8 @@ class PerPromptStatTracker:
         """Advantages (float64 array, one per reward) for this batch.
 
         type: "grpo" standardised (FlowGRPO), "exact" scale * (R - mean) (the study),
-        "rwr" the raw rewards.
+        "nft" the standardised advantage mapped to an optimality probability
+        clip(A, -M, M) / M / 2 + 1/2 (DiffusionNFT), "rwr" the raw rewards.
         Raises ValueError for mismatched lengths, non-finite rewards or an unknown type.
         """
         if type not in TRACKER_TYPES:
@@ -66,6 +68,9 @@ class PerPromptStatTracker:
             else:
                 std = rewards.std() if self.global_std else history.std()
                 advantages[mask] = centred / (std + STD_EPS)
+                if type == "nft":
+                    m = self.adv_clip_max
+                    advantages[mask] = np.clip(advantages[mask], -m, m) / m / 2 + 0.5
         self.zero_std_ratio = zero_spread / len(unique)
         return advantages
 
@@ -81,6 +86,7 @@ class PerPromptStatTracker:
         return {
             "global_std": self.global_std,
             "scale": self.scale,
+            "adv_clip_max": self.adv_clip_max,
             "stats": {k: list(v) for k, v in self.stats.items()},
             "history_prompts": sorted(self.history_prompts),
             "zero_std_ratio": self.zero_std_ratio,
@@ -89,6 +95,7 @@ class PerPromptStatTracker:
     def load_state_dict(self, state: dict) -> None:
         self.global_std = state["global_std"]
         self.scale = state["scale"]
+        self.adv_clip_max = state.get("adv_clip_max", 5.0)
         self.stats = {k: list(v) for k, v in state["stats"].items()}
         self.history_prompts = set(state["history_prompts"])
         self.zero_std_ratio = state["zero_std_ratio"]

@@ -1,6 +1,6 @@
 """Likelihood estimators: the ELBO (weightings, timestep and noise sampling) and the SDE trajectory."""
 
-from .elbo import WEIGHTINGS, elbo, elbo_from_moments
+from .elbo import WEIGHTINGS, elbo, elbo_from_moments, noising
 from .timesteps import NOISE_MODES, TIMESTEP_SAMPLERS, sample_noise, sample_timesteps
 from .trajectory import SDE_TYPES, sde_step_coefficients, sde_step_log_prob
 
@@ -8,6 +8,7 @@ __all__ = [
     "WEIGHTINGS",
     "elbo",
     "elbo_from_moments",
+    "noising",
     "NOISE_MODES",
     "TIMESTEP_SAMPLERS",
     "sample_noise",

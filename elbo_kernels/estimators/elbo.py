@@ -47,6 +47,7 @@ from .._validation import (
 )
 from ..backends import resolve_backend
 from ..ops.noise import NoiseSeed
+from ..ops.noising import noising_op
 from ..ops.residual_sums import COLUMN, residual_sums
 
 WEIGHTINGS = ("simple", "t", "path_kl", "adaptive")
@@ -134,3 +135,39 @@ def elbo(
     backend = resolve_backend(backend, v.device)
     sums = residual_sums(v, x0, noise, backend=backend)
     return elbo_from_sums(sums, t, row_count(v.shape), weighting)
+
+
+def noising(x0: torch.Tensor, t, noise: Union[torch.Tensor, NoiseSeed], *, backend: str = "auto") -> torch.Tensor:
+    """The forward process x_t = (1 - t) x0 + t eps for N = B * K draws, fused.
+
+    Args:
+        x0: clean samples [B, *S]; draw n uses x0[n // K] (not copied).
+        t: [N] timesteps in (0, 1]; N must be a multiple of B.
+        noise: eps [N, *S], or NoiseSeed(seed, offset) to generate it in-kernel (the same eps
+            the loss regenerates from the same NoiseSeed).
+        backend: "auto", "torch", "cpu", "cuda" or "triton".
+    Returns:
+        x_t [N, *S] in x0's dtype.
+    Raises:
+        TypeError / ValueError naming the argument for bad shapes, dtypes, devices or values.
+    """
+    check_tensor("x0", x0)
+    check_finite("x0", x0)
+    if not isinstance(t, torch.Tensor) or t.dim() != 1:
+        raise ValueError(f"t must be a 1-D tensor [N] of timesteps, got {t!r:.80}")
+    n = t.shape[0]
+    if n == 0 or n % x0.shape[0]:
+        raise ValueError(f"t has {n} draws, which must be a positive multiple of x0's {x0.shape[0]} rows")
+    t = check_per_draw("t", t, n, x0.device)
+    check_timesteps(t)
+    if isinstance(noise, NoiseSeed):
+        check_noise_seed(noise)
+    else:
+        check_tensor("noise", noise)
+        if noise.shape != (n,) + tuple(x0.shape[1:]):
+            raise ValueError(f"noise must have shape {(n,) + tuple(x0.shape[1:])}, got {tuple(noise.shape)}")
+        if noise.dtype != x0.dtype or noise.device != x0.device:
+            raise TypeError(f"noise must match x0's dtype and device ({x0.dtype}, {x0.device}), "
+                            f"got ({noise.dtype}, {noise.device})")
+        check_finite("noise", noise)
+    return noising_op(x0, t, noise, backend=resolve_backend(backend, x0.device))

@@ -1,7 +1,7 @@
 """Policy objectives and KL terms on ELBO estimates (DESIGN.md section 2)."""
 
 from .kl import KL_ESTIMATORS
-from .policy_loss import policy_loss
+from .policy_loss import log_prob_policy_loss, policy_loss
 from .table import OBJECTIVES
 
-__all__ = ["KL_ESTIMATORS", "OBJECTIVES", "policy_loss"]
+__all__ = ["KL_ESTIMATORS", "OBJECTIVES", "log_prob_policy_loss", "policy_loss"]

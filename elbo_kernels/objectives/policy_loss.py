@@ -147,3 +147,31 @@ def _stats(draws: Draws, policy: torch.Tensor, k: torch.Tensor) -> Dict[str, tor
             "elbo_mean": draws.e_theta.detach().mean(),
             "elbo_old_mean": draws.e_old.mean(),
         }
+
+
+def log_prob_policy_loss(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    objective: str = "grpo",
+    clip_range: float = 1e-3,
+    adv_clip_max: float = 5.0,
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """The objective table on any per-draw log-probability estimate (e.g. FlowGRPO's SDE steps).
+
+    log_prob plays e_theta (it carries the gradient), old_log_prob plays e_old.
+    Returns (mean per-draw objective, stats as in :func:`policy_loss`, with kl = 0).
+    Raises ValueError for an unknown objective or for "nft" (which needs velocities).
+    """
+    check_choice("objective", objective, tuple(name for name in OBJECTIVES if name != "nft"))
+    draws = Draws(
+        e_theta=log_prob,
+        e_old=old_log_prob.detach(),
+        advantages=advantages.to(log_prob.dtype),
+        clip_range=check_positive("clip_range", clip_range),
+        adv_clip_max=check_positive("adv_clip_max", adv_clip_max),
+        nft_beta=1.0,
+    )
+    policy = OBJECTIVES[objective](draws).mean()
+    return policy, _stats(draws, policy, torch.zeros((), dtype=policy.dtype, device=policy.device))

@@ -71,7 +71,8 @@ def residual_sums_reference(
     if isinstance(noise, NoiseSeed):
         noise = generate_noise(v.shape, noise, device=v.device, backend="torch")
     v2 = _rows(v, 1, acc)
-    u = _rows(noise, 1, acc) - _rows(x0, k, acc)
+    # Gradients flow to v only: x0 and eps are data, as in the fused kernels.
+    u = (_rows(noise, 1, acc) - _rows(x0, k, acc)).detach()
     r = u - v2
     zero = torch.zeros(n, dtype=acc, device=v.device)
     cols = dict.fromkeys(SUM_NAMES, zero)

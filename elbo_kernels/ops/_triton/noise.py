@@ -1,0 +1,51 @@
+"""Triton generator of the counter-based noise (spec in elbo_kernels/ops/noise.py).
+
+Registers ``elbo_kernels::generate_noise_triton(Tensor like, int seed, int offset) -> Tensor``:
+eps with like's shape, device and dtype (float32 values cast to like's dtype),
+flat index i drawing ``tl.randn(seed, offset + i)``. Writes numel * E bytes.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _common
+
+
+@triton.autotune(configs=_common.autotune_configs(), key=["numel"])
+@triton.jit(do_not_specialize=["seed", "offset"])
+def _generate_noise_kernel(out_ptr, seed, offset, numel, chunk, BLOCK: tl.constexpr):
+    start = tl.program_id(0).to(tl.int64) * chunk
+    for step in range(0, chunk, BLOCK):
+        # int64 indices: tl.randn fills the counter's high word only from a 64-bit offset.
+        index = start + step + tl.arange(0, BLOCK).to(tl.int64)
+        mask = index < numel
+        eps = tl.randn(seed, offset + index)
+        tl.store(out_ptr + index, _common.cast_to(eps, out_ptr.dtype.element_ty), mask=mask)
+
+
+def generate_noise_forward(like: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
+    _common.check_device("generate_noise_triton", like)
+    out = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    numel = out.numel()
+    if numel == 0:
+        return out
+    chunk, n_chunks = _common.plan_chunks(1, numel)
+    _generate_noise_kernel[(n_chunks,)](out, int(seed), int(offset), numel, chunk)
+    return out
+
+
+@torch.library.custom_op(
+    "elbo_kernels::generate_noise_triton",
+    mutates_args=(),
+    schema="(Tensor like, int seed, int offset) -> Tensor",
+)
+def generate_noise_triton(like: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
+    return generate_noise_forward(like, seed, offset)
+
+
+@generate_noise_triton.register_fake
+def _(like, seed, offset):
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device)

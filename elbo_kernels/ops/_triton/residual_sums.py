@@ -1,0 +1,298 @@
+"""Triton residual sums (math and bytes in elbo_kernels/ops/residual_sums.py).
+
+Registers, with fake (meta) kernels and autograd:
+
+    elbo_kernels::residual_sums_triton(v, x0, noise?, v_old?, v_ref?, nft_beta, seed, offset) -> [N, 11]
+    elbo_kernels::residual_sums_backward_triton(grad_sums, v, x0, noise?, v_old?, v_ref?,
+                                                nft_beta, seed, offset) -> dL/dv (v's dtype)
+
+Forward: grid (N rows, chunks of D); each program writes its 11 partial sums to
+[N, chunks, 11], then a fixed-order torch sum over chunks gives the result (no
+atomics: bitwise deterministic). With ``noise`` None, eps is regenerated from
+(seed, offset) in-kernel. x0 row n // K is read in place (no repeat).
+Backward: one elementwise pass over the same grid.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ..residual_sums import NUM_SUMS
+from . import _common
+
+_KEY = ["D", "HAS_NOISE", "HAS_OLD", "HAS_REF", "HAS_NFT"]
+
+
+@triton.autotune(configs=_common.autotune_configs(), key=_KEY)
+@triton.jit(do_not_specialize=["seed", "offset"])
+def _residual_sums_fwd_kernel(
+    partial_ptr, v_ptr, x0_ptr, eps_ptr, old_ptr, ref_ptr, beta_ptr,
+    seed, offset, D, chunk, n_chunks, K,
+    stride_v, stride_x0, stride_eps, stride_old, stride_ref,
+    HAS_NOISE: tl.constexpr, HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr, HAS_NFT: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(1).to(tl.int64)
+    x0_row = row // K
+    s1 = tl.zeros([BLOCK], dtype=ACC)
+    s2 = tl.zeros([BLOCK], dtype=ACC)
+    o1 = tl.zeros([BLOCK], dtype=ACC)
+    o2 = tl.zeros([BLOCK], dtype=ACC)
+    k2 = tl.zeros([BLOCK], dtype=ACC)
+    r1 = tl.zeros([BLOCK], dtype=ACC)
+    r2 = tl.zeros([BLOCK], dtype=ACC)
+    p1 = tl.zeros([BLOCK], dtype=ACC)
+    p2 = tl.zeros([BLOCK], dtype=ACC)
+    m1 = tl.zeros([BLOCK], dtype=ACC)
+    m2 = tl.zeros([BLOCK], dtype=ACC)
+    if HAS_NFT:
+        beta = tl.load(beta_ptr + 0)
+        one_minus_beta = tl.load(beta_ptr + 1)
+        one_plus_beta = tl.load(beta_ptr + 2)
+    for step in range(0, chunk, BLOCK):
+        cols = part * chunk + step + tl.arange(0, BLOCK).to(tl.int64)
+        mask = cols < D
+        v = tl.load(v_ptr + row * stride_v + cols, mask=mask, other=0.0).to(ACC)
+        x0 = tl.load(x0_ptr + x0_row * stride_x0 + cols, mask=mask, other=0.0).to(ACC)
+        if HAS_NOISE:
+            eps = tl.load(eps_ptr + row * stride_eps + cols, mask=mask, other=0.0).to(ACC)
+        else:
+            # Masked lanes must contribute 0, and a regenerated eps is not 0 there.
+            eps = tl.where(mask, tl.randn(seed, offset + row * D + cols).to(ACC), 0.0)
+        u = eps - x0
+        r = u - v
+        s1 += tl.abs(r)
+        s2 += r * r
+        if HAS_OLD:
+            old = tl.load(old_ptr + row * stride_old + cols, mask=mask, other=0.0).to(ACC)
+            r_old = u - old
+            o1 += tl.abs(r_old)
+            o2 += r_old * r_old
+            if HAS_NFT:
+                r_plus = beta * r + one_minus_beta * r_old
+                r_minus = one_plus_beta * r_old - beta * r
+                p1 += tl.abs(r_plus)
+                p2 += r_plus * r_plus
+                m1 += tl.abs(r_minus)
+                m2 += r_minus * r_minus
+        if HAS_REF:
+            ref = tl.load(ref_ptr + row * stride_ref + cols, mask=mask, other=0.0).to(ACC)
+            diff = v - ref
+            k2 += diff * diff
+            r_ref = u - ref
+            r1 += tl.abs(r_ref)
+            r2 += r_ref * r_ref
+    out = partial_ptr + (row * n_chunks + part) * 11
+    tl.store(out + 0, tl.sum(s1, axis=0))
+    tl.store(out + 1, tl.sum(s2, axis=0))
+    tl.store(out + 2, tl.sum(o1, axis=0))
+    tl.store(out + 3, tl.sum(o2, axis=0))
+    tl.store(out + 4, tl.sum(k2, axis=0))
+    tl.store(out + 5, tl.sum(r1, axis=0))
+    tl.store(out + 6, tl.sum(r2, axis=0))
+    tl.store(out + 7, tl.sum(p1, axis=0))
+    tl.store(out + 8, tl.sum(p2, axis=0))
+    tl.store(out + 9, tl.sum(m1, axis=0))
+    tl.store(out + 10, tl.sum(m2, axis=0))
+
+
+@triton.autotune(configs=_common.autotune_configs(), key=_KEY)
+@triton.jit(do_not_specialize=["seed", "offset"])
+def _residual_sums_bwd_kernel(
+    grad_v_ptr, grad_sums_ptr, v_ptr, x0_ptr, eps_ptr, old_ptr, ref_ptr, beta_ptr,
+    seed, offset, D, chunk, K,
+    stride_g_row, stride_g_col, stride_v, stride_x0, stride_eps, stride_old, stride_ref,
+    HAS_NOISE: tl.constexpr, HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr, HAS_NFT: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(1).to(tl.int64)
+    x0_row = row // K
+    g_row = grad_sums_ptr + row * stride_g_row
+    g_s2 = tl.load(g_row + 1 * stride_g_col).to(ACC)
+    if HAS_REF:
+        g_k2 = tl.load(g_row + 4 * stride_g_col).to(ACC)
+    if HAS_NFT:
+        g_p2 = tl.load(g_row + 8 * stride_g_col).to(ACC)
+        g_m2 = tl.load(g_row + 10 * stride_g_col).to(ACC)
+        beta = tl.load(beta_ptr + 0)
+        one_minus_beta = tl.load(beta_ptr + 1)
+        one_plus_beta = tl.load(beta_ptr + 2)
+    for step in range(0, chunk, BLOCK):
+        cols = part * chunk + step + tl.arange(0, BLOCK).to(tl.int64)
+        mask = cols < D
+        v = tl.load(v_ptr + row * stride_v + cols, mask=mask, other=0.0).to(ACC)
+        x0 = tl.load(x0_ptr + x0_row * stride_x0 + cols, mask=mask, other=0.0).to(ACC)
+        if HAS_NOISE:
+            eps = tl.load(eps_ptr + row * stride_eps + cols, mask=mask, other=0.0).to(ACC)
+        else:
+            eps = tl.randn(seed, offset + row * D + cols).to(ACC)
+        u = eps - x0
+        r = u - v
+        grad = g_s2 * (-2.0 * r)
+        if HAS_REF:
+            ref = tl.load(ref_ptr + row * stride_ref + cols, mask=mask, other=0.0).to(ACC)
+            grad += g_k2 * 2.0 * (v - ref)
+        if HAS_NFT:
+            old = tl.load(old_ptr + row * stride_old + cols, mask=mask, other=0.0).to(ACC)
+            r_old = u - old
+            r_plus = beta * r + one_minus_beta * r_old
+            r_minus = one_plus_beta * r_old - beta * r
+            grad += g_p2 * (-2.0 * beta) * r_plus + g_m2 * (2.0 * beta) * r_minus
+        tl.store(grad_v_ptr + row * D + cols, _common.cast_to(grad, grad_v_ptr.dtype.element_ty), mask=mask)
+
+
+class _Launch:
+    """Row views, strides, flags and the beta scalars shared by forward and backward."""
+
+    def __init__(self, op, v, x0, noise, v_old, v_ref, nft_beta):
+        _common.check_device(op, v, x0, noise, v_old, v_ref)
+        self.n = v.shape[0]
+        if x0.shape[0] == 0 or self.n % x0.shape[0] != 0:
+            raise ValueError(f"{op}: v has {self.n} rows, not a multiple of x0's {x0.shape[0]}")
+        self.k = self.n // x0.shape[0]
+        self.acc = _common.acc_dtype(v.dtype)
+        self.v = _common.rows(v)
+        self.d = self.v.shape[1]
+        self.x0 = _common.rows(x0)
+        if self.x0.shape[1] != self.d:
+            raise ValueError(f"{op}: x0 rows have {self.x0.shape[1]} elements, v rows {self.d}")
+        self.optional = {}
+        for name, x in (("noise", noise), ("v_old", v_old), ("v_ref", v_ref)):
+            if x is not None:
+                if x.shape != v.shape:
+                    raise ValueError(f"{op}: {name} must have v's shape {tuple(v.shape)}, got {tuple(x.shape)}")
+                x = _common.rows(x)
+            self.optional[name] = x
+        self.has_nft = v_old is not None and nft_beta > 0
+        g = float(nft_beta)
+        # (g, 1 - g, 1 + g) rounded once from Python doubles, as the reference does.
+        self.beta = torch.tensor([g, 1.0 - g, 1.0 + g], dtype=self.acc, device=v.device)
+
+    def ptr_and_stride(self, name):
+        x = self.optional[name]
+        return (x, _common.row_stride(x)) if x is not None else (self.v, 0)
+
+    def flags(self):
+        return dict(
+            HAS_NOISE=self.optional["noise"] is not None,
+            HAS_OLD=self.optional["v_old"] is not None,
+            HAS_REF=self.optional["v_ref"] is not None,
+            HAS_NFT=self.has_nft,
+            ACC=_common.tl_acc(self.v.dtype),
+        )
+
+
+def residual_sums_forward(v, x0, noise, v_old, v_ref, nft_beta, seed, offset) -> torch.Tensor:
+    """[N, 11] sums (float32, float64 for float64 v); see the module docstring."""
+    launch = _Launch("residual_sums_triton", v, x0, noise, v_old, v_ref, nft_beta)
+    if launch.d == 0:
+        return torch.zeros(launch.n, NUM_SUMS, dtype=launch.acc, device=v.device)
+    chunk, n_chunks = _common.plan_chunks(launch.n, launch.d)
+    partial = torch.empty(launch.n, n_chunks, NUM_SUMS, dtype=launch.acc, device=v.device)
+    eps, s_eps = launch.ptr_and_stride("noise")
+    old, s_old = launch.ptr_and_stride("v_old")
+    ref, s_ref = launch.ptr_and_stride("v_ref")
+    _residual_sums_fwd_kernel[(launch.n, n_chunks)](
+        partial, launch.v, launch.x0, eps, old, ref, launch.beta,
+        int(seed), int(offset), launch.d, chunk, n_chunks, launch.k,
+        _common.row_stride(launch.v), _common.row_stride(launch.x0), s_eps, s_old, s_ref,
+        **launch.flags(),
+    )
+    # Fixed-order reduction over chunks (a tiny [N, chunks, 11] tensor): deterministic.
+    return partial.sum(dim=1)
+
+
+def residual_sums_backward(grad_sums, v, x0, noise, v_old, v_ref, nft_beta, seed, offset) -> torch.Tensor:
+    """dL/dv in v's dtype and shape (contiguous); one elementwise pass."""
+    launch = _Launch("residual_sums_backward_triton", v, x0, noise, v_old, v_ref, nft_beta)
+    _common.check_device("residual_sums_backward_triton", grad_sums)
+    if grad_sums.shape != (launch.n, NUM_SUMS):
+        raise ValueError(f"grad_sums must have shape [{launch.n}, {NUM_SUMS}], got {tuple(grad_sums.shape)}")
+    grad_v = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    if launch.d == 0:
+        return grad_v
+    chunk, n_chunks = _common.plan_chunks(launch.n, launch.d)
+    eps, s_eps = launch.ptr_and_stride("noise")
+    old, s_old = launch.ptr_and_stride("v_old")
+    ref, s_ref = launch.ptr_and_stride("v_ref")
+    _residual_sums_bwd_kernel[(launch.n, n_chunks)](
+        grad_v, grad_sums, launch.v, launch.x0, eps, old, ref, launch.beta,
+        int(seed), int(offset), launch.d, chunk, launch.k,
+        grad_sums.stride(0), grad_sums.stride(1),
+        _common.row_stride(launch.v), _common.row_stride(launch.x0), s_eps, s_old, s_ref,
+        **launch.flags(),
+    )
+    return grad_v
+
+
+@torch.library.custom_op(
+    "elbo_kernels::residual_sums_triton",
+    mutates_args=(),
+    schema="(Tensor v, Tensor x0, Tensor? noise, Tensor? v_old, Tensor? v_ref, "
+    "float nft_beta, int seed, int offset) -> Tensor",
+)
+def residual_sums_triton(
+    v: torch.Tensor,
+    x0: torch.Tensor,
+    noise: Optional[torch.Tensor],
+    v_old: Optional[torch.Tensor],
+    v_ref: Optional[torch.Tensor],
+    nft_beta: float,
+    seed: int,
+    offset: int,
+) -> torch.Tensor:
+    return residual_sums_forward(v, x0, noise, v_old, v_ref, nft_beta, seed, offset)
+
+
+@residual_sums_triton.register_fake
+def _(v, x0, noise, v_old, v_ref, nft_beta, seed, offset):
+    return v.new_empty((v.shape[0], NUM_SUMS), dtype=_common.acc_dtype(v.dtype))
+
+
+@torch.library.custom_op(
+    "elbo_kernels::residual_sums_backward_triton",
+    mutates_args=(),
+    schema="(Tensor grad_sums, Tensor v, Tensor x0, Tensor? noise, Tensor? v_old, Tensor? v_ref, "
+    "float nft_beta, int seed, int offset) -> Tensor",
+)
+def residual_sums_backward_triton(
+    grad_sums: torch.Tensor,
+    v: torch.Tensor,
+    x0: torch.Tensor,
+    noise: Optional[torch.Tensor],
+    v_old: Optional[torch.Tensor],
+    v_ref: Optional[torch.Tensor],
+    nft_beta: float,
+    seed: int,
+    offset: int,
+) -> torch.Tensor:
+    return residual_sums_backward(grad_sums, v, x0, noise, v_old, v_ref, nft_beta, seed, offset)
+
+
+@residual_sums_backward_triton.register_fake
+def _(grad_sums, v, x0, noise, v_old, v_ref, nft_beta, seed, offset):
+    return torch.empty(v.shape, dtype=v.dtype, device=v.device)
+
+
+def _setup_context(ctx, inputs, output):
+    v, x0, noise, v_old, v_ref, nft_beta, seed, offset = inputs
+    ctx.save_for_backward(v, x0, noise, v_old, v_ref)
+    ctx.scalars = (nft_beta, seed, offset)
+
+
+def _backward(ctx, grad_sums):
+    v, x0, noise, v_old, v_ref = ctx.saved_tensors
+    grad_v = torch.ops.elbo_kernels.residual_sums_backward_triton(
+        grad_sums, v, x0, noise, v_old, v_ref, *ctx.scalars
+    )
+    # Gradients flow to v only (v_old, v_ref are stop-gradient; x0, eps are data).
+    return grad_v, None, None, None, None, None, None, None
+
+
+residual_sums_triton.register_autograd(_backward, setup_context=_setup_context)

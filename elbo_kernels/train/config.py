@@ -1,0 +1,225 @@
+"""Trainer configuration: one dataclass, loadable from YAML, overridable with --key value.
+
+Every method of the design-space study is a configuration of the same loop:
+
+    recipe (default)   estimator=elbo objective=pepg weighting=adaptive sampler=ode guidance_scale=1
+    FlowGRPO           estimator=trajectory objective=grpo sampler=sde (guidance_scale=4.5 for +CFG)
+    DiffusionNFT       estimator=elbo objective=nft weighting=adaptive sampler=ode advantage_mode=nft
+    AWM                estimator=elbo objective=grpo weighting=simple sampler=ode
+    ELBO + SDE         estimator=elbo sampler=sde
+
+``validate()`` runs before any work and names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from ..advantages import ADVANTAGE_MODES
+from ..backends import BACKENDS
+from ..estimators import NOISE_MODES, SDE_TYPES, TIMESTEP_SAMPLERS, WEIGHTINGS
+from ..objectives import KL_ESTIMATORS, OBJECTIVES
+
+ESTIMATORS = ("elbo", "trajectory")
+SAMPLERS = ("ode", "sde")
+ODE_METHODS = ("euler", "dpm2")
+
+
+@dataclass
+class TrainConfig:
+    # What to train, on what, where.
+    model: str = field(default="digits", metadata={"help": "'digits' (embedded) or an SD3 hub id / local path"})
+    reward: str = field(default="digit", metadata={"help": "reward name (see elbo_kernels.rewards)"})
+    output_dir: str = field(default="outputs/digits", metadata={"help": "where metrics, plots and checkpoints go"})
+    seed: int = field(default=0, metadata={"help": "global seed (each epoch and process derives its own)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint"})
+
+    # Rollouts (with the old policy).
+    epochs: int = field(default=40, metadata={"help": "number of epochs (rollout + update rounds)"})
+    prompts_per_epoch: int = field(default=10, metadata={"help": "distinct prompts per epoch"})
+    group_size: int = field(default=8, metadata={"help": "rollouts per prompt (the advantage group)"})
+    sampler: str = field(default="ode", metadata={"help": "rollout sampler: ode | sde"})
+    ode_method: str = field(default="euler", metadata={"help": "ODE solver: euler | dpm2"})
+    num_steps: int = field(default=10, metadata={"help": "sampler steps"})
+    guidance_scale: float = field(default=1.0, metadata={"help": "CFG scale in rollouts (1 = no CFG)"})
+    noise_level: float = field(default=0.7, metadata={"help": "SDE noise level (eta)"})
+    sde_type: str = field(default="sde", metadata={"help": "SDE variant: sde | cps"})
+
+    # Likelihood estimator and objective.
+    estimator: str = field(default="elbo", metadata={"help": "elbo (final sample) | trajectory (SDE steps)"})
+    draws_per_sample: int = field(default=4, metadata={"help": "K: ELBO draws per sample / SDE steps trained"})
+    timestep_sampler: str = field(default="grid", metadata={"help": "grid | uniform | logit_normal | stratified"})
+    noise_mode: str = field(default="iid", metadata={"help": "iid | antithetic"})
+    objective: str = field(default="pepg", metadata={"help": "one of " + ", ".join(OBJECTIVES)})
+    weighting: str = field(default="adaptive", metadata={"help": "simple | t | path_kl | adaptive"})
+    kl: Optional[str] = field(default="girsanov", metadata={"help": "girsanov | kl1..kl3[_iw] | none"})
+    beta: float = field(default=0.1, metadata={"help": "KL weight"})
+    clip_range: float = field(default=1e-3, metadata={"help": "grpo clip range"})
+    adv_clip_max: float = field(default=5.0, metadata={"help": "advantage clamp (grpo, awm), nft scale"})
+    nft_beta: float = field(default=1.0, metadata={"help": "DiffusionNFT blend g"})
+    advantage_mode: str = field(default="exact", metadata={"help": "standard | exact | nft"})
+    advantage_scale: float = field(default=1.0, metadata={"help": "scale of the exact advantage"})
+    backend: str = field(default="auto", metadata={"help": "kernel backend: auto | torch | cpu | cuda | triton"})
+
+    # Optimisation.
+    lr: float = field(default=3e-3, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0 = off)"})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank (0 = full fine-tuning with a frozen reference copy)"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha"})
+    old_decay_rate: float = field(default=0.001, metadata={"help": "old <- d old + (1-d) new, d = min(rate*step, max)"})
+    old_decay_max: float = field(default=0.5, metadata={"help": "cap of the old-policy decay d"})
+    ema_decay: float = field(default=0.5, metadata={"help": "EMA of the policy used for evaluation (0 = off)"})
+    micro_batch: int = field(default=0, metadata={"help": "draws per forward/backward (0 = all at once)"})
+    mixed_precision: str = field(default="no", metadata={"help": "accelerate mixed precision: no | fp16 | bf16"})
+
+    # Evaluation, logging, checkpoints.
+    eval_every: int = field(default=5, metadata={"help": "epochs between evaluations (0 = only before/after)"})
+    eval_seeds: int = field(default=20, metadata={"help": "evaluation seeds per prompt"})
+    stop_at: Optional[float] = field(default=None, metadata={"help": "stop once the evaluation metric reaches this"})
+    checkpoint_every: int = field(default=20, metadata={"help": "epochs between checkpoints (the last is always saved)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "complete checkpoints kept on disk"})
+    plots: bool = field(default=True, metadata={"help": "write curve.png and sample grids"})
+    tensorboard: bool = field(default=True, metadata={"help": "also log to TensorBoard"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.prompts_per_epoch * self.group_size
+
+    def validate(self) -> "TrainConfig":
+        """Check every value; raise ValueError naming the key, the value and what is allowed."""
+        choices = {
+            "sampler": SAMPLERS,
+            "ode_method": ODE_METHODS,
+            "sde_type": SDE_TYPES,
+            "estimator": ESTIMATORS,
+            "timestep_sampler": TIMESTEP_SAMPLERS,
+            "noise_mode": NOISE_MODES,
+            "objective": tuple(OBJECTIVES),
+            "weighting": WEIGHTINGS,
+            "kl": KL_ESTIMATORS + (None,),
+            "advantage_mode": ADVANTAGE_MODES,
+            "backend": BACKENDS,
+            "mixed_precision": ("no", "fp16", "bf16"),
+        }
+        for key, allowed in choices.items():
+            _require(getattr(self, key) in allowed, key, getattr(self, key), "one of " + ", ".join(map(repr, allowed)))
+        for key in ("epochs", "prompts_per_epoch", "group_size", "num_steps", "draws_per_sample", "eval_seeds",
+                    "keep_checkpoints"):
+            value = getattr(self, key)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key, value, "an int >= 1")
+        for key in ("eval_every", "checkpoint_every", "micro_batch", "lora_rank", "seed"):
+            value = getattr(self, key)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, key, value, "an int >= 0")
+        for key in ("lr", "clip_range", "adv_clip_max", "nft_beta", "noise_level", "guidance_scale", "lora_alpha"):
+            value = getattr(self, key)
+            _require(_finite(value) and value > 0, key, value, "a finite number > 0")
+        for key in ("beta", "weight_decay", "grad_clip", "advantage_scale"):
+            value = getattr(self, key)
+            _require(_finite(value) and value >= 0, key, value, "a finite number >= 0")
+        for key in ("old_decay_rate", "old_decay_max", "ema_decay"):
+            value = getattr(self, key)
+            _require(_finite(value) and 0 <= value < 1, key, value, "a number in [0, 1)")
+        _require(self.guidance_scale >= 1, "guidance_scale", self.guidance_scale, ">= 1 (1 = no CFG)")
+        if self.advantage_mode in ("standard", "nft") and self.group_size == 1:
+            _require(False, "group_size", 1, ">= 2 with std-normalised advantages (advantage_mode "
+                     f"{self.advantage_mode!r}): a group of one has no spread")
+        if self.objective == "nft":
+            _require(self.advantage_mode == "nft", "advantage_mode", self.advantage_mode,
+                     "'nft' with objective 'nft' (it takes optimality probabilities in [0, 1])")
+        if self.estimator == "trajectory":
+            _require(self.sampler == "sde", "sampler", self.sampler, "'sde' with estimator 'trajectory' "
+                     "(the trajectory estimator needs the SDE's per-step log-probabilities)")
+            _require(self.objective in ("grpo", "epg", "epg_noratio", "pepg", "pepg_noratio", "par", "par_noratio"),
+                     "objective", self.objective, "a ratio or ELBO objective (not nft / awm) with estimator 'trajectory'")
+            _require(self.kl in (None, "girsanov"), "kl", self.kl, "'girsanov' or None with estimator 'trajectory'")
+            _require(self.draws_per_sample <= self.num_steps, "draws_per_sample", self.draws_per_sample,
+                     f"<= num_steps ({self.num_steps}): the steps trained are a subset of the grid")
+        if self.estimator == "elbo" and self.timestep_sampler == "grid":
+            _require(self.draws_per_sample <= self.num_steps, "draws_per_sample", self.draws_per_sample,
+                     f"<= num_steps ({self.num_steps}) with timestep_sampler 'grid' (K larger than the step grid)")
+        if self.noise_mode == "antithetic":
+            _require(self.draws_per_sample % 2 == 0, "draws_per_sample", self.draws_per_sample,
+                     "even with noise_mode 'antithetic'")
+        if self.stop_at is not None:
+            _require(_finite(self.stop_at) and 0 < self.stop_at <= 1, "stop_at", self.stop_at, "a number in (0, 1]")
+        return self
+
+    # ------------------------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; see `elbo-kernels train --help`")
+        return cls(**{k: _none(v) if k in ("kl", "stop_at") else v for k, v in values.items()})
+
+    @classmethod
+    def from_yaml(cls, path) -> "TrainConfig":
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path} must hold a mapping of keys to values")
+        return cls.from_dict(values)
+
+    def save_yaml(self, path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+
+
+def _none(value):
+    return None if isinstance(value, str) and value.lower() in ("none", "null", "") else value
+
+
+def _require(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"config key {key!r} has value {value!r}; allowed: {allowed}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One --key per config field (with its help and default); --config FILE loads YAML first."""
+    parser.add_argument("--config", help="YAML file of config values (command-line flags override it)")
+    for f in fields(TrainConfig):
+        default = f.default
+        kind = {bool: _parse_bool, int: int, float: float}.get(type(default), str)
+        if f.name in ("kl", "stop_at"):
+            kind = str
+        parser.add_argument(
+            f"--{f.name}", dest=f.name, type=kind, default=argparse.SUPPRESS,
+            help=f"{f.metadata.get('help', '')} (default: {default})",
+            **({"nargs": "?", "const": True} if isinstance(default, bool) else {}),
+        )
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values: Dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(TrainConfig.from_yaml(args.config).to_dict())
+    names: List[str] = [f.name for f in fields(TrainConfig)]
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    if "stop_at" in overrides and overrides["stop_at"] is not None and _none(overrides["stop_at"]) is not None:
+        overrides["stop_at"] = float(overrides["stop_at"])
+    values.update(overrides)
+    return TrainConfig.from_dict(values)

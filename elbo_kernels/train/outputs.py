@@ -1,0 +1,151 @@
+"""What a run leaves behind: metrics.jsonl, TensorBoard, a progress bar, plots, summary.json."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+from tqdm.auto import tqdm
+
+from .checkpoint import write_json
+
+GRID_SEEDS = 8
+
+
+class Timer:
+    """Seconds per phase of one epoch, as ``seconds_<phase>`` keys."""
+
+    def __init__(self):
+        self.seconds: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"seconds_{phase}"
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+
+
+class RunOutputs:
+    def __init__(self, root: Path, config, enabled: bool = True):
+        self.root = root
+        self.config = config
+        self.enabled = enabled
+        self.metric = "digiteval"
+        self.summary_before: dict = {}
+        self.clock_offset = 0.0
+        self.checkpoint: Optional[Path] = None
+        self._writer = None
+        if enabled:
+            root.mkdir(parents=True, exist_ok=True)
+            config.save_yaml(root / "config.yaml")
+
+    # --- start / resume ---------------------------------------------------------------------------
+    def start(self, before: dict, sampler) -> None:
+        self.summary_before = _scalars(before)
+        if not self.enabled:
+            return
+        (self.root / "metrics.jsonl").write_text("")
+        if self.config.plots:
+            from .plots import sample_grid
+
+            sample_grid(sampler, self.root / "samples_before.png", seeds=GRID_SEEDS)
+
+    def resume(self, history: list, before: dict, checkpoint: Path) -> None:
+        self.summary_before = before
+        self.checkpoint = checkpoint
+        self.clock_offset = history[-1]["seconds"] if history else 0.0
+        if self.enabled:
+            # Records after the checkpoint are redone by the resumed run.
+            (self.root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+
+    # --- per epoch ----------------------------------------------------------------------------------
+    def timer(self) -> Timer:
+        return Timer()
+
+    def progress(self, total: int, initial: int = 0):
+        return tqdm(total=total, initial=initial, desc="train", unit="epoch",
+                    disable=not (self.enabled and self.config.progress), dynamic_ncols=True)
+
+    def eval_record(self, result: dict, metric: str) -> dict:
+        self.metric = metric
+        return {metric if key == "digiteval" else key: value for key, value in _scalars(result).items()}
+
+    def log(self, record: dict, progress) -> None:
+        if not self.enabled:
+            return
+        with open(self.root / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        writer = self._tensorboard()
+        if writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    writer.add_scalar(key, value, record["epoch"])
+        postfix = {"reward": f"{record['reward_mean']:.3f}"}
+        if self.metric in record:
+            postfix[self.metric] = f"{record[self.metric]:.3f}"
+            postfix["diversity"] = f"{record.get('diversity', float('nan')):.2f}"
+        progress.set_postfix(postfix)
+        progress.update(1)
+
+    def _tensorboard(self):
+        if not self.config.tensorboard:
+            return None
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.root / "tensorboard"))
+        return self._writer
+
+    # --- end -----------------------------------------------------------------------------------------
+    def finish(self, trainer, before: dict, wall_seconds: float) -> dict:
+        history = trainer.history
+        metric = self.metric
+        evaluated = [r for r in history if metric in r]
+        after = evaluated[-1] if evaluated else {}
+        reached = next((r for r in evaluated if r[metric] >= 0.9), None)
+        phases = ("rollout", "reward", "loss_backward", "optimizer")
+        totals = {p: sum(r.get(f"seconds_{p}", 0.0) for r in history) for p in phases}
+        summary = {
+            f"{metric}_before": before.get("digiteval", before.get(metric)),
+            f"{metric}_after": after.get(metric),
+            "diversity_before": before.get("diversity"),
+            "diversity_after": after.get("diversity"),
+            "reward_agreement_before": before.get("reward_agreement"),
+            "reward_agreement_after": after.get("reward_agreement"),
+            "reward_first": history[0]["reward_mean"] if history else None,
+            "reward_last": history[-1]["reward_mean"] if history else None,
+            "wall_seconds": wall_seconds,
+            "seconds_to_0.9": reached["seconds"] if reached else None,
+            "epochs": trainer.epoch,
+            "steps": trainer.step,
+            "skipped_steps": sum(1 for r in history if r.get("skipped")),
+            "training_seconds": totals,
+            "transformer_rows": trainer.transformer_rows,
+            "final_checkpoint": str(self.checkpoint.resolve()) if self.checkpoint else None,
+            "config": self.config.to_dict(),
+        }
+        if self.enabled:
+            if self.config.plots:
+                from .plots import learning_curve, sample_grid
+
+                sample_grid(trainer.sample, self.root / "samples_after.png", seeds=GRID_SEEDS)
+                learning_curve(history, self.root / "curve.png", metric=metric,
+                               before=summary[f"{metric}_before"])
+            write_json(self.root / "summary.json", summary)
+            if self._writer is not None:
+                self._writer.close()
+            spent = ", ".join(f"{p} {s:.1f}s" for p, s in totals.items())
+            print(f"{metric} {summary[f'{metric}_before']} -> {summary[f'{metric}_after']}, diversity "
+                  f"{summary['diversity_before']} -> {summary['diversity_after']}; wall {wall_seconds:.1f}s "
+                  f"(training: {spent}; the rest is loading, evaluation, plots and checkpoints)")
+        return summary
+
+
+def _scalars(result: dict) -> dict:
+    return {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

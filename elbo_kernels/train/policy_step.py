@@ -1,0 +1,154 @@
+"""One policy-gradient step's loss and backward, for each likelihood estimator.
+
+ELBO (the study's recipe): from the final samples x0 only. K draws (t, eps) per
+sample, batched as [B*K, ...]; old, reference and current velocities at the same
+x_t; the fused ``ek.policy_loss``.
+
+Trajectory (FlowGRPO): from the stored SDE trajectory. K of the T steps per
+sample (a random permutation per sample, so one forward covers B different
+steps); the current policy's step log-probability on the fused SDE-step
+kernel against the behaviour policy's recorded one; FlowGRPO's KL on the step
+means.
+
+Both call ``backward`` per micro-batch and return averaged statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from ..estimators import elbo as _elbo
+from ..estimators import sample_noise, sample_timesteps, sde_step_log_prob
+from ..objectives import log_prob_policy_loss, policy_loss
+from ..sampling import SDETrajectory
+
+
+@dataclass
+class Rollout:
+    prompts: List[str]
+    final: torch.Tensor  # x0 [B, *S]
+    sigmas: torch.Tensor  # the rollout grid [T + 1]
+    trajectory: Optional[SDETrajectory] = None
+
+
+class StatsAverage:
+    """Weighted average of per-micro-batch statistics."""
+
+    def __init__(self):
+        self.total: Dict[str, float] = {}
+        self.weight = 0.0
+
+    def add(self, stats: Dict[str, torch.Tensor], weight: float) -> None:
+        for key, value in stats.items():
+            value = float(value)
+            if key == "ratio_max":
+                self.total[key] = max(self.total.get(key, value), value)
+            else:
+                self.total[key] = self.total.get(key, 0.0) + weight * value
+        self.weight += weight
+
+    def result(self) -> Dict[str, float]:
+        return {k: (v if k == "ratio_max" else v / self.weight) for k, v in self.total.items()}
+
+
+def micro_batches(num_samples: int, draws_per_sample: int, micro_batch: int) -> List[slice]:
+    """Slices over samples so that each holds at most ``micro_batch`` draws (>= one sample)."""
+    if micro_batch <= 0:
+        return [slice(0, num_samples)]
+    per = max(1, micro_batch // draws_per_sample)
+    return [slice(i, min(i + per, num_samples)) for i in range(0, num_samples, per)]
+
+
+def elbo_step(trainer, rollout: Rollout, advantages: torch.Tensor, generator: torch.Generator) -> Dict[str, float]:
+    cfg = trainer.config
+    model = trainer.model
+    x0 = rollout.final
+    b, k = x0.shape[0], cfg.draws_per_sample
+    shape = tuple(x0.shape[1:])
+    t_all = sample_timesteps(b, k, sampler=cfg.timestep_sampler, grid=rollout.sigmas.cpu(), generator=generator)
+    t_all = t_all.reshape(-1).to(trainer.device, x0.dtype)
+    eps_all = sample_noise((b * k,) + shape, k, mode=cfg.noise_mode, generator=generator, device=trainer.device,
+                           dtype=x0.dtype)
+    adv_all = advantages.to(trainer.device, torch.float32).repeat_interleave(k)
+    use_ref = cfg.kl is not None and cfg.beta > 0
+    average = StatsAverage()
+    for samples in micro_batches(b, k, cfg.micro_batch):
+        rows = slice(samples.start * k, samples.stop * k)
+        prompts = [p for p in rollout.prompts[samples] for _ in range(k)]
+        cond = model.encode_prompts(prompts)
+        t, eps = t_all[rows], eps_all[rows]
+        x_t = _elbo.noising(x0[samples], t, eps, backend=cfg.backend)
+        with torch.no_grad():
+            with trainer.policy("old"):
+                v_old = trainer.velocity(x_t, t, cond)
+            v_ref = None
+            if use_ref:
+                with trainer.policy("reference"):
+                    v_ref = trainer.velocity(x_t, t, cond)
+        v = trainer.velocity(x_t, t, cond)
+        loss, stats = policy_loss(
+            v.float(), v_old.float(), None if v_ref is None else v_ref.float(), x0[samples].float(), eps.float(), t,
+            adv_all[rows], objective=cfg.objective, weighting=cfg.weighting, kl=cfg.kl, beta=cfg.beta,
+            clip_range=cfg.clip_range, adv_clip_max=cfg.adv_clip_max, nft_beta=cfg.nft_beta, backend=cfg.backend,
+        )
+        fraction = (samples.stop - samples.start) / b
+        trainer.backward(loss * fraction)
+        stats["loss"] = loss.detach()
+        average.add(stats, fraction)
+    return average.result()
+
+
+def trajectory_step(trainer, rollout: Rollout, advantages: torch.Tensor,
+                    generator: torch.Generator) -> Dict[str, float]:
+    cfg = trainer.config
+    model = trainer.model
+    trajectory = rollout.trajectory
+    sigmas = trajectory.sigmas.to(trainer.device, torch.float64)
+    b, steps = trajectory.log_probs.shape
+    k = cfg.draws_per_sample
+    # A random permutation of the steps per sample, as FlowGRPO shuffles its timesteps.
+    order = torch.argsort(torch.rand(b, steps, generator=generator), dim=1)[:, :k].to(trainer.device)
+    adv = advantages.to(trainer.device, torch.float32)
+    use_ref = cfg.kl is not None and cfg.beta > 0
+    average = StatsAverage()
+    rows = torch.arange(b, device=trainer.device)
+    for column in range(k):
+        j = order[:, column]
+        for samples in micro_batches(b, 1, cfg.micro_batch):
+            r, jj = rows[samples], j[samples]
+            prompts = rollout.prompts[samples]
+            x = trajectory.latents[r, jj].to(trainer.device)
+            x_prev = trajectory.latents[r, jj + 1].to(trainer.device)
+            sigma, sigma_prev = sigmas[jj], sigmas[jj + 1]
+            t = sigma.to(x.dtype)
+            v = trainer.guided_velocity(x, t, prompts)
+            log_prob, prev_mean, std = sde_step_log_prob(
+                v.float(), x.float(), x_prev.float(), sigma, sigma_prev, noise_level=cfg.noise_level,
+                sde_type=cfg.sde_type, sigma_max=float(sigmas[1]), backend=cfg.backend,
+            )
+            loss, stats = log_prob_policy_loss(
+                log_prob, trajectory.log_probs[r, jj].to(log_prob), adv[samples], objective=cfg.objective,
+                clip_range=cfg.clip_range, adv_clip_max=cfg.adv_clip_max,
+            )
+            if use_ref:
+                with torch.no_grad(), trainer.policy("reference"):
+                    v_ref = trainer.guided_velocity(x, t, prompts)
+                    _, ref_mean, _ = sde_step_log_prob(
+                        v_ref.float(), x.float(), x_prev.float(), sigma, sigma_prev, noise_level=cfg.noise_level,
+                        sde_type=cfg.sde_type, sigma_max=float(sigmas[1]), backend=cfg.backend,
+                    )
+                # FlowGRPO's KL: squared distance of the step means over twice the step variance.
+                kl = ((prev_mean - ref_mean).square().flatten(1).mean(1) / (2 * std.square())).mean()
+                loss = loss + cfg.beta * kl
+                stats["kl"] = kl.detach()
+            fraction = (samples.stop - samples.start) / b / k
+            trainer.backward(loss * fraction)
+            stats["loss"] = loss.detach()
+            average.add(stats, fraction)
+    return average.result()
+
+
+POLICY_STEPS: Dict[str, Callable] = {"elbo": elbo_step, "trajectory": trajectory_step}
