@@ -38,6 +38,24 @@ def check_finite(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf); {describe(x)}")
 
 
+def check_finite_through(output: torch.Tensor, what: str, **inputs) -> None:
+    """Finiteness of big inputs, checked through a small output of the op that read them.
+
+    Scanning every [N, D] input for NaN/Inf would cost a full extra read of each (more than
+    the fused kernel itself). Any non-finite element reaches the op's row sums, so the inputs
+    are scanned only when the output is non-finite, to name the argument that carried it.
+    """
+    if bool(torch.isfinite(output).all()):
+        return
+    for name, x in inputs.items():
+        if isinstance(x, torch.Tensor):
+            check_finite(name, x)
+    raise ValueError(
+        f"{what} is non-finite although every input is finite: the values overflow the "
+        f"{output.dtype} accumulation (inputs of magnitude ~1e19 or more)"
+    )
+
+
 def check_same_layout(reference_name: str, reference: torch.Tensor, **others: Optional[torch.Tensor]) -> None:
     """Each of ``others`` must have exactly the shape, dtype and device of ``reference``."""
     for name, x in others.items():
@@ -125,12 +143,3 @@ def row_count(shape: Sequence[int]) -> int:
         d *= int(s)
     return d
 
-
-def check_noise_seed(noise_seed) -> None:
-    """A NoiseSeed's seed and offset are non-negative Python ints below 2**63."""
-    for name in ("seed", "offset"):
-        value = getattr(noise_seed, name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"noise.{name} must be an int, got {type(value).__name__}")
-        if not 0 <= value < 2**63:
-            raise ValueError(f"noise.{name} must lie in [0, 2**63), got {value}")

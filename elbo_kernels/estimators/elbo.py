@@ -36,8 +36,7 @@ import torch
 
 from .._validation import (
     check_choice,
-    check_finite,
-    check_noise_seed,
+    check_finite_through,
     check_per_draw,
     check_same_layout,
     check_tensor,
@@ -46,7 +45,7 @@ from .._validation import (
     row_count,
 )
 from ..backends import resolve_backend
-from ..ops.noise import NoiseSeed
+from ..ops.noise import NoiseSeed, check_noise_seed
 from ..ops.noising import noising_op
 from ..ops.residual_sums import COLUMN, residual_sums
 
@@ -88,19 +87,20 @@ def elbo_from_sums(sums: torch.Tensor, t: torch.Tensor, d: int, weighting: str, 
 
 
 def validate_draws(v, x0, noise, t, **others) -> tuple:
-    """Shared checks of the per-draw inputs; returns (K draws per sample, t as [N] tensor)."""
+    """Shared checks of the per-draw inputs; returns (K draws per sample, t as [N] tensor).
+
+    Finiteness of the big tensors is checked after the op, through its sums
+    (:func:`check_finite_through`), so that validation does not cost a pass over them.
+    """
     check_tensor("v", v)
     k = check_x0(x0, v)
     if isinstance(noise, NoiseSeed):
-        check_noise_seed(noise)
+        check_noise_seed(noise, v.numel())
     else:
         check_same_layout("v", v, noise=noise)
     check_same_layout("v", v, **others)
     t = check_per_draw("t", t, v.shape[0], v.device)
     check_timesteps(t)
-    for name, tensor in (("v", v), ("x0", x0), ("noise", noise), *others.items()):
-        if isinstance(tensor, torch.Tensor):
-            check_finite(name, tensor)
     return k, t
 
 
@@ -134,6 +134,7 @@ def elbo(
     check_choice("weighting", weighting, WEIGHTINGS)
     backend = resolve_backend(backend, v.device)
     sums = residual_sums(v, x0, noise, backend=backend)
+    check_finite_through(sums, "the ELBO's residual sums", v=v, x0=x0, noise=noise)
     return elbo_from_sums(sums, t, row_count(v.shape), weighting)
 
 
@@ -152,7 +153,6 @@ def noising(x0: torch.Tensor, t, noise: Union[torch.Tensor, NoiseSeed], *, backe
         TypeError / ValueError naming the argument for bad shapes, dtypes, devices or values.
     """
     check_tensor("x0", x0)
-    check_finite("x0", x0)
     if not isinstance(t, torch.Tensor) or t.dim() != 1:
         raise ValueError(f"t must be a 1-D tensor [N] of timesteps, got {t!r:.80}")
     n = t.shape[0]
@@ -161,7 +161,7 @@ def noising(x0: torch.Tensor, t, noise: Union[torch.Tensor, NoiseSeed], *, backe
     t = check_per_draw("t", t, n, x0.device)
     check_timesteps(t)
     if isinstance(noise, NoiseSeed):
-        check_noise_seed(noise)
+        check_noise_seed(noise, n * x0[0].numel())
     else:
         check_tensor("noise", noise)
         if noise.shape != (n,) + tuple(x0.shape[1:]):
@@ -169,5 +169,6 @@ def noising(x0: torch.Tensor, t, noise: Union[torch.Tensor, NoiseSeed], *, backe
         if noise.dtype != x0.dtype or noise.device != x0.device:
             raise TypeError(f"noise must match x0's dtype and device ({x0.dtype}, {x0.device}), "
                             f"got ({noise.dtype}, {noise.device})")
-        check_finite("noise", noise)
-    return noising_op(x0, t, noise, backend=resolve_backend(backend, x0.device))
+    x_t = noising_op(x0, t, noise, backend=resolve_backend(backend, x0.device))
+    check_finite_through(x_t, "x_t", x0=x0, noise=noise)
+    return x_t

@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._validation import check_choice, check_finite, check_per_draw, check_positive, check_same_layout, check_tensor
+from .._validation import check_choice, check_finite, check_finite_through, check_per_draw, check_positive, check_same_layout, check_tensor
 from ..backends import resolve_backend
 from ..ops.sde_step import sde_step_op
 
@@ -116,8 +116,8 @@ def sde_step_log_prob(
     n = v.shape[0]
     sigma = check_per_draw("sigma", sigma, n, v.device)
     sigma_prev = check_per_draw("sigma_prev", sigma_prev, n, v.device)
-    for name, tensor in (("v", v), ("x", x), ("x_prev", x_prev), ("sigma", sigma), ("sigma_prev", sigma_prev)):
-        check_finite(name, tensor)
+    check_finite("sigma", sigma)
+    check_finite("sigma_prev", sigma_prev)
     if not bool(((sigma > 0) & (sigma <= 1)).all()):
         raise ValueError(f"sigma must lie in (0, 1], got values in [{float(sigma.min()):g}, {float(sigma.max()):g}]")
     if not bool(((sigma_prev >= 0) & (sigma_prev < sigma)).all()):
@@ -130,4 +130,5 @@ def sde_step_log_prob(
     acc = torch.float64 if v.dtype == torch.float64 else torch.float32
     backend = resolve_backend(backend, v.device)
     log_prob, prev_mean = sde_step_op(v, x, x_prev, coef.to(acc), backend=backend)
+    check_finite_through(log_prob, "the step log-probability", v=v, x=x, x_prev=x_prev)
     return log_prob, prev_mean, std.to(acc)

@@ -14,7 +14,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from .._validation import check_choice, check_finite, check_per_draw, check_positive, row_count
+from .._validation import check_choice, check_finite, check_finite_through, check_per_draw, check_positive, row_count
 from ..backends import resolve_backend
 from ..estimators.elbo import WEIGHTINGS, elbo_from_sums, validate_draws
 from ..ops.noise import NoiseSeed
@@ -100,6 +100,7 @@ def policy_loss(
     backend = resolve_backend(backend, v.device)
     is_nft = objective == "nft"
     sums = residual_sums(v, x0, noise, v_old, v_ref, nft_beta=nft_beta if is_nft else 0.0, backend=backend)
+    check_finite_through(sums, "the residual sums", v=v, v_old=v_old, v_ref=v_ref, x0=x0, noise=noise)
     d = row_count(v.shape)
     e_theta = elbo_from_sums(sums, t, d, weighting, "S")
     e_old = elbo_from_sums(sums, t, d, weighting, "O") if v_old is not None else e_theta.detach()

@@ -1,10 +1,444 @@
-"""Loader for the C++/CUDA extension (csrc/). Being written: reports not built."""
+"""Builds and loads the C++/CUDA extension (csrc/) and registers its autograd and fake impls.
+
+The extension is compiled on first use with ``torch.utils.cpp_extension.load``
+(JIT; cached in the torch extensions directory, ``TORCH_EXTENSIONS_DIR``;
+ninja rebuilds only what changed, headers included). Sources come from the
+repository's top-level ``csrc/`` (editable install) or from the copy that
+setup.py ships inside the package (``elbo_kernels/csrc``, wheel install).
+
+The library defines the ``elbo_kernels`` op namespace (``TORCH_LIBRARY`` in
+csrc/elbo_ops.cpp) with CPU kernels and, where built, CUDA kernels. This module
+adds, once per process, ``torch.library.register_autograd`` for
+``residual_sums`` and ``sde_step`` (gradients to ``v`` only) and ``noising``
+(to x0, t and a noise tensor; plain torch), and
+``torch.library.register_fake`` for every op, so ``torch.compile(fullgraph=True)``
+traces through them.
+
+Environment:
+  ELBO_KERNELS_REQUIRE_CPP=1   a failed build raises (also from cpu_status()); CI sets it.
+  ELBO_KERNELS_BUILD_CUDA=0|1  force the CUDA kernels off / on. Unset: built when torch
+                               is a CUDA build and nvcc is found (a GPU is not needed).
+  TORCH_CUDA_ARCH_LIST         CUDA architectures (read by torch's builder).
+  TORCH_EXTENSIONS_DIR, MAX_JOBS, CXX, CUDA_HOME   as for any torch extension.
+
+Command line:
+  python -m elbo_kernels.ops._cpp                     build (if needed) and print the status
+  python -m elbo_kernels.ops._cpp --compile-cuda-only [-o FILE.o]
+      compile csrc/cuda_kernels.cu to an object with nvcc -c against the installed
+      torch headers (works with a CPU-only torch; catches CUDA code rot in CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+
 from ..backends import BackendStatus
+
+NAMESPACE = "elbo_kernels"
+CPU_SOURCES = ("elbo_ops.cpp", "cpu_kernels.cpp")
+CUDA_SOURCES = ("cuda_kernels.cu",)
+HEADERS = ("elbo_math.h", "elbo_ops.h", "cpu_kernels_impl.h")
+NUM_SUMS = 11
+
+# -O3 without -march: the JIT cache may be shared by machines with different CPUs
+# (see the note at the top of csrc/cpu_kernels.cpp). -fopenmp is what makes
+# at::parallel_for (an inline header template) run on torch's intra-op threads.
+_CFLAGS = ["-O3", "-ffp-contract=off"]
+_OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else []
+_CUDA_CFLAGS = ["-O3", "-lineinfo"]
+
+_TAIL_CHARS = 4000
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class _BuildOutcome:
+    cpu: BackendStatus
+    cuda: BackendStatus
+    error: Optional[str] = None  # the full failure message when the CPU build failed
+
+
+_outcome: Optional[_BuildOutcome] = None
+_registered = False
+
+
+def _env_flag(name: str) -> Optional[bool]:
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return None
+
+
+def require_cpp() -> bool:
+    """True when ELBO_KERNELS_REQUIRE_CPP asks for build failures to raise."""
+    return bool(_env_flag("ELBO_KERNELS_REQUIRE_CPP"))
+
+
+def csrc_dir() -> Optional[Path]:
+    """The directory holding the C++ sources: repo-level csrc/, else the packaged copy."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "csrc", here.parents[1] / "csrc"):
+        if all((candidate / f).is_file() for f in CPU_SOURCES + HEADERS):
+            return candidate
+    return None
+
+
+def _nvcc() -> Optional[str]:
+    from torch.utils import cpp_extension
+
+    home = cpp_extension.CUDA_HOME
+    if home:
+        candidate = Path(home) / "bin" / "nvcc"
+        if candidate.is_file():
+            return str(candidate)
+    return shutil.which("nvcc")
+
+
+def _cuda_wanted() -> "tuple[bool, str]":
+    """(build the CUDA kernels?, why not)."""
+    forced = _env_flag("ELBO_KERNELS_BUILD_CUDA")
+    if forced is False:
+        return False, "disabled by ELBO_KERNELS_BUILD_CUDA=0"
+    if getattr(torch.version, "hip", None):
+        return False, f"torch {torch.__version__} is a ROCm build; the CUDA kernels are CUDA-only"
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None)"
+    if forced is None and _nvcc() is None:
+        return False, "nvcc not found (set CUDA_HOME or put nvcc on PATH)"
+    return True, ""
+
+
+def _tail(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= _TAIL_CHARS else "...\n" + text[-_TAIL_CHARS:]
+
+
+def _build(name: str, sources: Sequence[Path], with_cuda: bool) -> str:
+    """Compile (or reuse) and load one variant; returns its build directory."""
+    from torch.utils import cpp_extension
+
+    build_dir = cpp_extension._get_build_directory(name, verbose=False)
+    cpp_extension.load(
+        name=name,
+        sources=[str(s) for s in sources],
+        extra_cflags=_CFLAGS + _OPENMP,
+        extra_ldflags=list(_OPENMP),
+        extra_cuda_cflags=_CUDA_CFLAGS if with_cuda else None,
+        extra_include_paths=[str(sources[0].parent)],
+        build_directory=build_dir,
+        with_cuda=with_cuda,
+        is_python_module=False,
+        verbose=False,
+    )
+    return build_dir
+
+
+def _attempt() -> _BuildOutcome:
+    src = csrc_dir()
+    if src is None:
+        msg = "C++ sources not found (looked for csrc/ at the repository root and inside the package)"
+        return _BuildOutcome(BackendStatus(False, msg), BackendStatus(False, msg), msg)
+    want_cuda, no_cuda_reason = _cuda_wanted()
+    cuda_failure = None
+    if want_cuda:
+        start = time.perf_counter()
+        try:
+            path = _build(f"{NAMESPACE}_cuda", [src / f for f in CPU_SOURCES + CUDA_SOURCES], True)
+        except Exception as exc:  # noqa: BLE001  (compiler errors surface as RuntimeError / OSError)
+            cuda_failure = f"CUDA build from {src} failed: {_tail(str(exc))}"
+            if require_cpp():
+                return _BuildOutcome(BackendStatus(False, cuda_failure), BackendStatus(False, cuda_failure),
+                                     cuda_failure)
+        else:
+            took = time.perf_counter() - start
+            what = f"built from {src} into {path} in {took:.1f} s (compile if sources changed, then load)"
+            return _BuildOutcome(BackendStatus(True, f"C++ CPU kernels {what}"),
+                                 BackendStatus(True, f"CUDA kernels (CUDA {torch.version.cuda}) {what}"))
+    start = time.perf_counter()
+    try:
+        path = _build(f"{NAMESPACE}_cpu", [src / f for f in CPU_SOURCES], False)
+    except Exception as exc:  # noqa: BLE001
+        msg = f"C++ build from {src} failed: {_tail(str(exc))}"
+        return _BuildOutcome(BackendStatus(False, msg), BackendStatus(False, cuda_failure or msg), msg)
+    took = time.perf_counter() - start
+    what = f"built from {src} into {path} in {took:.1f} s (compile if sources changed, then load)"
+    cpu = BackendStatus(True, f"C++ CPU kernels {what}")
+    return _BuildOutcome(cpu, BackendStatus(False, cuda_failure or f"CUDA kernels not built: {no_cuda_reason}"))
+
+
+def _ensure() -> _BuildOutcome:
+    global _outcome
+    with _lock:
+        if _outcome is None:
+            if _ops_present():  # loaded by someone else (e.g. torch.ops.load_library)
+                _outcome = _BuildOutcome(BackendStatus(True, "C++ kernels already loaded in this process"),
+                                         BackendStatus(_has_cuda_kernel(), "CUDA kernels already loaded"
+                                                       if _has_cuda_kernel() else "CUDA kernels not loaded"))
+            else:
+                _outcome = _attempt()
+            if _outcome.cpu:
+                _register_python_impls()
+        return _outcome
+
+
+def _ops_present() -> bool:
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::residual_sums", "CPU")
+    except RuntimeError:
+        return False
+
+
+def _has_cuda_kernel() -> bool:
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::residual_sums", "CUDA")
+    except RuntimeError:
+        return False
+
+
+def load() -> None:
+    """Build (first call; cached on disk) and load the extension; idempotent.
+
+    Raises RuntimeError with the tail of the compiler output when the build fails.
+    """
+    outcome = _ensure()
+    if not outcome.cpu:
+        raise RuntimeError(f"elbo_kernels C++ extension unavailable: {outcome.error or outcome.cpu.reason}")
 
 
 def cpu_status() -> BackendStatus:
-    return BackendStatus(False, "C++ extension not written yet")
+    """Whether the C++ CPU kernels are usable; builds them on the first call.
+
+    With ELBO_KERNELS_REQUIRE_CPP=1 a failed build raises RuntimeError instead.
+    """
+    outcome = _ensure()
+    if not outcome.cpu and require_cpp():
+        raise RuntimeError(f"ELBO_KERNELS_REQUIRE_CPP is set and the C++ build failed: {outcome.cpu.reason}")
+    return outcome.cpu
 
 
 def cuda_status() -> BackendStatus:
-    return BackendStatus(False, "CUDA extension not written yet")
+    """Whether the CUDA kernels were built and loaded; builds on the first call.
+
+    With ELBO_KERNELS_REQUIRE_CPP=1, a CUDA build that was attempted and failed raises.
+    """
+    outcome = _ensure()
+    attempted = _cuda_wanted()[0]
+    if not outcome.cuda and attempted and require_cpp():
+        raise RuntimeError(f"ELBO_KERNELS_REQUIRE_CPP is set and the CUDA build failed: {outcome.cuda.reason}")
+    return outcome.cuda
+
+
+# ---------------------------------------------------------------------------
+# Python-side registrations: autograd formulas and fake (meta) kernels.
+# ---------------------------------------------------------------------------
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _residual_sums_fake(v, x0, noise, v_old, v_ref, nft_beta, seed, offset):
+    return v.new_empty((v.shape[0], NUM_SUMS), dtype=_acc(v.dtype))
+
+
+def _residual_sums_backward_fake(grad_sums, v, x0, noise, v_old, v_ref, nft_beta, seed, offset):
+    return v.new_empty(v.shape)
+
+
+def _noising_fake(x0, t, noise, draws_per_sample, seed, offset):
+    return x0.new_empty((x0.shape[0] * draws_per_sample,) + tuple(x0.shape[1:]))
+
+
+def _generate_noise_fake(like, seed, offset):
+    return like.new_empty(like.shape, dtype=_acc(like.dtype))
+
+
+def _sde_step_fake(v, x, x_prev, coef):
+    acc = _acc(v.dtype)
+    return v.new_empty((v.shape[0],), dtype=acc), v.new_empty(v.shape, dtype=acc)
+
+
+def _sde_step_backward_fake(grad_log_prob, grad_prev_mean, v, x, x_prev, coef):
+    return v.new_empty(v.shape)
+
+
+def _residual_sums_setup(ctx, inputs, output):
+    v, x0, noise, v_old, v_ref, nft_beta, seed, offset = inputs
+    ctx.save_for_backward(v, x0, noise, v_old, v_ref)
+    ctx.scalars = (nft_beta, seed, offset)
+
+
+def _residual_sums_grad(ctx, grad_sums):
+    v, x0, noise, v_old, v_ref = ctx.saved_tensors
+    grad_v = None
+    if ctx.needs_input_grad[0]:
+        grad_v = torch.ops.elbo_kernels.residual_sums_backward(grad_sums, v, x0, noise, v_old, v_ref, *ctx.scalars)
+    return grad_v, None, None, None, None, None, None, None
+
+
+def _noising_setup(ctx, inputs, output):
+    x0, t, noise, draws_per_sample, seed, offset = inputs
+    ctx.save_for_backward(x0, t, noise)
+    ctx.scalars = (draws_per_sample, seed, offset)
+
+
+def _noising_grad(ctx, grad_x_t):
+    """x_t = (1 - t) x0 + t eps: plain torch, since x0 and t are data in RL (rarely needed)."""
+    x0, t, noise = ctx.saved_tensors
+    k, seed, offset = ctx.scalars
+    acc = _acc(x0.dtype)
+    n = t.shape[0]
+    tt = t.to(acc).reshape((n,) + (1,) * (x0.dim() - 1))
+    g = grad_x_t.to(acc)
+    grad_x0 = grad_t = grad_noise = None
+    if ctx.needs_input_grad[0]:
+        grad_x0 = ((1 - tt) * g).reshape((x0.shape[0], k) + tuple(x0.shape[1:])).sum(1).to(x0.dtype)
+    if ctx.needs_input_grad[1]:
+        eps = noise if noise is not None else torch.ops.elbo_kernels.generate_noise(grad_x_t, seed, offset)
+        x0_rows = x0.to(acc).repeat_interleave(k, dim=0) if k > 1 else x0.to(acc)
+        grad_t = ((eps.to(acc) - x0_rows) * g).reshape(n, -1).sum(1).to(t.dtype)
+    if noise is not None and ctx.needs_input_grad[2]:
+        grad_noise = (tt * g).to(noise.dtype)
+    return grad_x0, grad_t, grad_noise, None, None, None
+
+
+def _sde_step_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _sde_step_grad(ctx, grad_log_prob, grad_prev_mean):
+    v, x, x_prev, coef = ctx.saved_tensors
+    grad_v = None
+    if ctx.needs_input_grad[0]:
+        if grad_log_prob is None:
+            grad_log_prob = v.new_zeros((v.shape[0],), dtype=_acc(v.dtype))
+        grad_v = torch.ops.elbo_kernels.sde_step_backward(grad_log_prob, grad_prev_mean, v, x, x_prev, coef)
+    return grad_v, None, None, None
+
+
+def _register_python_impls() -> None:
+    global _registered
+    if _registered:
+        return
+    fakes = {
+        "residual_sums": _residual_sums_fake,
+        "residual_sums_backward": _residual_sums_backward_fake,
+        "noising": _noising_fake,
+        "generate_noise": _generate_noise_fake,
+        "sde_step": _sde_step_fake,
+        "sde_step_backward": _sde_step_backward_fake,
+    }
+    for name, fake in fakes.items():
+        torch.library.register_fake(f"{NAMESPACE}::{name}", fake)
+    torch.library.register_autograd(
+        f"{NAMESPACE}::residual_sums", _residual_sums_grad, setup_context=_residual_sums_setup
+    )
+    torch.library.register_autograd(f"{NAMESPACE}::sde_step", _sde_step_grad, setup_context=_sde_step_setup)
+    torch.library.register_autograd(f"{NAMESPACE}::noising", _noising_grad, setup_context=_noising_setup)
+    _registered = True
+
+
+# ---------------------------------------------------------------------------
+# Compile-only check of the CUDA translation unit (no GPU, CPU torch is enough).
+# ---------------------------------------------------------------------------
+
+
+def _arch_flags() -> List[str]:
+    """nvcc -gencode flags from TORCH_CUDA_ARCH_LIST (default: 8.0 and 9.0)."""
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0").replace(",", ";").replace(" ", ";")
+    flags = []
+    for arch in filter(None, arch_list.split(";")):
+        ptx = arch.endswith("+PTX")
+        num = arch.replace("+PTX", "").replace(".", "")
+        flags += ["-gencode", f"arch=compute_{num},code=sm_{num}"]
+        if ptx:
+            flags += ["-gencode", f"arch=compute_{num},code=compute_{num}"]
+    return flags
+
+
+def compile_cuda_only(output: Optional[Path] = None, nvcc: Optional[str] = None) -> Path:
+    """Compile csrc/cuda_kernels.cu to an object file with nvcc -c; returns its path.
+
+    Uses the installed torch's headers and the same defines torch's extension
+    builder passes, so it verifies that the CUDA kernels and their
+    TORCH_LIBRARY_IMPL registration compile (nothing is linked or run).
+    Raises RuntimeError with nvcc's output when compilation fails.
+    """
+    from torch.utils import cpp_extension
+
+    src = csrc_dir()
+    if src is None:
+        raise RuntimeError("C++ sources not found")
+    nvcc = nvcc or _nvcc()
+    if nvcc is None or not (Path(nvcc).is_file() or shutil.which(nvcc)):
+        raise RuntimeError(f"nvcc not found ({nvcc or 'set CUDA_HOME or put nvcc on PATH'})")
+    output = Path(output) if output else Path(tempfile.gettempdir()) / "elbo_kernels_cuda_kernels.o"
+    with tempfile.TemporaryDirectory(prefix="elbo_kernels_cuda_shim_") as shim:
+        include_dirs = cpp_extension.include_paths() + [str(src)]
+        macros = Path(include_dirs[0]) / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
+        if not macros.is_file():
+            # A CPU-only torch ships c10/cuda headers but not this CMake-generated one;
+            # its content in CUDA builds of torch is this single define.
+            shim_file = Path(shim) / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
+            shim_file.parent.mkdir(parents=True)
+            shim_file.write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+            include_dirs.append(shim)
+        return _run_nvcc(nvcc, src, output, include_dirs)
+
+
+def _run_nvcc(nvcc: str, src: Path, output: Path, include_dirs: List[str]) -> Path:
+    includes = []
+    for path in include_dirs:
+        includes += ["-I", path]
+    cmd = [
+        nvcc, "-c", str(src / "cuda_kernels.cu"), "-o", str(output),
+        "-std=c++20", "-O3", "-Xcompiler", "-fPIC",
+        "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+        "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+        "--expt-relaxed-constexpr", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        "-DTORCH_EXTENSION_NAME=elbo_kernels_cuda_compile_check", "-DTORCH_API_INCLUDE_EXTENSION_H",
+    ] + includes + _arch_flags()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nvcc failed ({' '.join(cmd)}):\n{_tail(proc.stdout + proc.stderr)}")
+    if proc.stderr.strip():  # warnings: shown, not fatal
+        print(_tail(proc.stderr), file=sys.stderr)
+    return output
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m elbo_kernels.ops._cpp", description=__doc__.split("\n")[0])
+    parser.add_argument("--compile-cuda-only", action="store_true",
+                        help="only compile csrc/cuda_kernels.cu with nvcc -c (no GPU or CUDA torch needed)")
+    parser.add_argument("-o", "--output", type=Path, default=None, help="object file for --compile-cuda-only")
+    args = parser.parse_args(argv)
+    if args.compile_cuda_only:
+        start = time.perf_counter()
+        try:
+            out = compile_cuda_only(args.output)
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"compiled {out} in {time.perf_counter() - start:.1f} s")
+        return 0
+    print("cpu: ", cpu_status())
+    print("cuda:", cuda_status())
+    return 0 if cpu_status() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

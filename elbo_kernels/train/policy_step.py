@@ -16,12 +16,12 @@ Both call ``backward`` per micro-batch and return averaged statistics.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional
 
 import torch
 
-from ..estimators import elbo as _elbo
-from ..estimators import sample_noise, sample_timesteps, sde_step_log_prob
+
+from ..estimators import noising, sample_noise, sample_timesteps, sde_step_log_prob
 from ..objectives import log_prob_policy_loss, policy_loss
 from ..sampling import SDETrajectory
 
@@ -80,7 +80,7 @@ def elbo_step(trainer, rollout: Rollout, advantages: torch.Tensor, generator: to
         prompts = [p for p in rollout.prompts[samples] for _ in range(k)]
         cond = model.encode_prompts(prompts)
         t, eps = t_all[rows], eps_all[rows]
-        x_t = _elbo.noising(x0[samples], t, eps, backend=cfg.backend)
+        x_t = noising(x0[samples], t, eps, backend=cfg.backend)
         with torch.no_grad():
             with trainer.policy("old"):
                 v_old = trainer.velocity(x_t, t, cond)
@@ -104,7 +104,6 @@ def elbo_step(trainer, rollout: Rollout, advantages: torch.Tensor, generator: to
 def trajectory_step(trainer, rollout: Rollout, advantages: torch.Tensor,
                     generator: torch.Generator) -> Dict[str, float]:
     cfg = trainer.config
-    model = trainer.model
     trajectory = rollout.trajectory
     sigmas = trajectory.sigmas.to(trainer.device, torch.float64)
     b, steps = trajectory.log_probs.shape

@@ -27,8 +27,31 @@ class Task:
     metric: str = "digiteval"
 
 
-def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20) -> Task:
-    """Build the task named by the config's ``model`` and ``reward`` keys."""
+def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, prompts: Optional[str] = None,
+              weights_dtype: Optional[str] = None, resolution: Optional[int] = None,
+              gradient_checkpointing: Optional[bool] = None, without_t5: Optional[bool] = None) -> Task:
+    """Build the task named by the config's ``model`` and ``reward`` keys.
+
+    model: "digits" (embedded), or an SD3 / SD3.5 hub id or local pipeline directory
+    (:class:`elbo_kernels.models.sd3.SD3Model`). For SD3 tasks the keyword arguments (or, when
+    they are None, the environment variables in brackets) choose:
+
+        prompts                 prompt file, .txt or FlowGRPO's .jsonl with metadata  [ELBO_KERNELS_PROMPTS]
+                                (default: a small built-in list of generic prompts)
+        weights_dtype           fp32 | bf16 | fp16 for the frozen weights             [ELBO_KERNELS_WEIGHTS_DTYPE]
+        resolution              pixels (512, or the model's native size if smaller)   [ELBO_KERNELS_RESOLUTION]
+        gradient_checkpointing  true | false (false)                         [ELBO_KERNELS_GRADIENT_CHECKPOINTING]
+        without_t5              true | false: drop T5-XXL (false)                      [ELBO_KERNELS_WITHOUT_T5]
+
+    The reward receives each prompt's metadata from a .jsonl prompt file (GenEval needs it).
+    The evaluation is the mean reward of the evaluation policy on the first 8 prompts x
+    ``eval_seeds`` fixed seeds (metric "reward_eval").
+
+    Raises:
+        ValueError: unknown reward or bad option values. ModelNotAvailableError (OSError): SD3
+        weights not available locally and the hub not reachable (the message says how to fix it).
+        FileNotFoundError: the prompt file does not exist.
+    """
     if model == "digits":
         from ..models import digits
 
@@ -42,6 +65,54 @@ def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20) ->
             evaluate=evaluate,
             metric="digiteval",
         )
-    raise ValueError(
-        f"unknown model {model!r}: 'digits' is built in; SD3 hub ids and paths come with the SD3.5 adapter"
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"model must be 'digits' or an SD3 hub id / local path, got {model!r}")
+    import os
+
+    import numpy as np
+
+    from ..models.sd3 import DEFAULT_PROMPTS, SD3Model, read_prompts
+
+    def option(value, env: str, default, kind=str):
+        value = os.environ.get(env) if value is None else value
+        if value is None or value == "":
+            return default
+        if kind is bool and isinstance(value, str):
+            if value.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(f"{env} must be true or false, got {value!r}")
+            return value.lower() in ("1", "true", "yes", "on")
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{env} must be a {kind.__name__}, got {value!r}") from None
+
+    prompt_file = option(prompts, "ELBO_KERNELS_PROMPTS", None)
+    pool, table = read_prompts(prompt_file) if prompt_file else (list(DEFAULT_PROMPTS), {})
+    reward_fn = get_reward(reward)  # before the (large) model: a bad reward name fails fast
+    sd3 = SD3Model.load(
+        model, device=device,
+        weights_dtype=option(weights_dtype, "ELBO_KERNELS_WEIGHTS_DTYPE", None),
+        resolution=option(resolution, "ELBO_KERNELS_RESOLUTION", None, int),
+        gradient_checkpointing=option(gradient_checkpointing, "ELBO_KERNELS_GRADIENT_CHECKPOINTING", False, bool),
+        without_t5=option(without_t5, "ELBO_KERNELS_WITHOUT_T5", False, bool),
     )
+
+    def reward_with_metadata(images, prompts_, metadata=None, **kwargs):
+        if metadata is None and any(table.get(p) for p in prompts_):
+            metadata = [table.get(p, {}) for p in prompts_]
+        return reward_fn(images, prompts_, metadata, **kwargs)
+
+    eval_prompts = pool[:8]
+
+    def evaluate_sd3(sampler: Sampler) -> dict:
+        rows = [(p, s) for p in eval_prompts for s in range(eval_seeds)]
+        scores = []
+        for start in range(0, len(rows), 16):  # bounded batches: SD3 activations are large
+            chunk = rows[start:start + 16]
+            images = sampler([p for p, _ in chunk], seed=[s for _, s in chunk])
+            result, _ = reward_with_metadata(images, [p for p, _ in chunk], None)
+            scores.append(np.asarray(result["avg"], dtype=np.float64))
+        return {"reward_eval": float(np.concatenate(scores).mean())}
+
+    return Task(model=sd3, prompts=pool, reward_fn=reward_with_metadata, evaluate=evaluate_sd3,
+                metric="reward_eval")

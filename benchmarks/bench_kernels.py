@@ -1,0 +1,232 @@
+"""Kernel microbenchmarks: fused backends against the eager PyTorch composition and torch.compile of it.
+
+For each op (forward + backward where the op has a gradient) and shape, times
+
+    eager      the library's "torch" backend: the vectorised composition a user writes today
+    compiled   torch.compile of that same eager function
+    fused      each fused backend usable for the device ("cpu" on CPU; "triton", "cuda" on GPUs)
+
+and reports the median time, achieved GB/s from the bytes the op must move (its
+bandwidth floor), the machine's measured copy bandwidth, the ratio to the
+floor, and peak memory. Writes benchmarks/results/kernels_<device>.json and a
+PNG plot.
+
+    python benchmarks/bench_kernels.py                 # full sweep
+    python benchmarks/bench_kernels.py --quick         # one shape, few repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+import elbo_kernels as ek  # noqa: E402
+from memory import peak_bytes  # noqa: E402
+
+LATENT = (16, 64, 64)  # SD3.5-M latents at 512 px
+
+
+# --- the ops, as functions of (backend) -> callable running forward + backward ----------------------
+def make_inputs(n: int, dtype: torch.dtype, device: str) -> Dict[str, torch.Tensor]:
+    g = torch.Generator(device="cpu").manual_seed(0)
+    shape = (n,) + LATENT
+
+    def randn():
+        return torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+
+    x0, eps = randn(), randn()
+    v = (eps - x0 + 0.3 * randn()).requires_grad_()
+    return {
+        "v": v,
+        "v_old": (v.detach() + 0.01 * randn()),
+        "v_ref": (v.detach() + 0.02 * randn()),
+        "x0": x0,
+        "eps": eps,
+        "t": torch.rand(n, generator=g).to(device) * 0.9 + 0.05,
+        "adv": torch.randn(n, generator=g).to(device),
+        "x_prev": randn(),
+    }
+
+
+def policy_loss_fn(inp, backend):
+    def run():
+        loss, _ = ek.policy_loss(inp["v"], inp["v_old"], inp["v_ref"], inp["x0"], inp["eps"], inp["t"], inp["adv"],
+                                 objective="pepg", weighting="adaptive", kl="girsanov", backend=backend)
+        return loss
+
+    return run
+
+
+def elbo_fn(inp, backend):
+    def run():
+        return ek.elbo(inp["v"], inp["x0"], inp["eps"], inp["t"], weighting="adaptive", backend=backend).sum()
+
+    return run
+
+
+def sde_step_fn(inp, backend):
+    sigma = torch.full_like(inp["t"], 0.6)
+
+    def run():
+        log_prob, _, _ = ek.sde_step_log_prob(inp["v"], inp["x0"], inp["x_prev"], sigma, sigma - 0.1, backend=backend)
+        return log_prob.sum()
+
+    return run
+
+
+# Bytes each op must move (E = element size, M = N * D elements per big tensor):
+#   policy_loss fwd reads v, v_old, v_ref, eps, x0 (5 M E); bwd reads v, v_ref, eps, x0, writes dv (5 M E)
+#   elbo        fwd reads v, eps, x0 (3 M E);             bwd reads v, eps, x0, writes dv (4 M E)
+#   sde_step    fwd reads v, x, x_prev, writes prev_mean (3 M E + 4 M); bwd reads v, x, x_prev, writes dv (4 M E)
+OPS = {
+    "policy_loss": (policy_loss_fn, lambda m, e: 10 * m * e),
+    "elbo": (elbo_fn, lambda m, e: 7 * m * e),
+    "sde_step": (sde_step_fn, lambda m, e: 7 * m * e + 4 * m),
+}
+
+
+def forward_backward(run: Callable, v: torch.Tensor) -> Callable:
+    def step():
+        v.grad = None
+        run().backward()
+
+    return step
+
+
+def median_seconds(fn: Callable, repeats: int, device: str) -> float:
+    fn()  # warm-up (and compilation)
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: str, nbytes: int = 1 << 28, repeats: int = 10) -> float:
+    """Bytes per second of dst.copy_(src) (read + write counted), the machine's practical ceiling."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    seconds = median_seconds(lambda: dst.copy_(src), repeats, device)
+    return 2 * nbytes / seconds
+
+
+def variants(device: str) -> List[str]:
+    names = ["eager", "compiled"]
+    usable = ek.available_backends()
+    for backend in (("cpu",) if device == "cpu" else ("triton", "cuda")):
+        if usable[backend]:
+            names.append(backend)
+    return names
+
+
+def run_variant(op: str, variant: str, inp: dict, device: str, repeats: int) -> dict:
+    make, _ = OPS[op]
+    if variant == "eager":
+        run = make(inp, "torch")
+    elif variant == "compiled":
+        run = torch.compile(make(inp, "torch"))
+    else:
+        run = make(inp, variant)
+    step = forward_backward(run, inp["v"])
+    seconds = median_seconds(step, repeats, device)
+    return {"seconds": seconds, "peak_bytes": peak_bytes(step, device)}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="one shape, fp32, few repeats")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/kernels_<device>.json)")
+    args = parser.parse_args(argv)
+    device = args.device
+    sizes = [32] if args.quick else [8, 16, 32, 64]
+    dtypes = [torch.float32] if args.quick else [torch.float32, torch.bfloat16]
+    repeats = args.repeats or (3 if args.quick else 7)
+    bandwidth = copy_bandwidth(device)
+    machine = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or platform.machine()}, " \
+        f"{torch.get_num_threads()} threads"
+    print(f"device {device} ({machine}); copy bandwidth {bandwidth / 1e9:.1f} GB/s")
+    rows = []
+    for op, (_, bytes_fn) in OPS.items():
+        for dtype in dtypes:
+            for n in sizes:
+                inp = make_inputs(n, dtype, device)
+                m = n * LATENT[0] * LATENT[1] * LATENT[2]
+                floor_bytes = bytes_fn(m, inp["v"].element_size())
+                floor_seconds = floor_bytes / bandwidth
+                for variant in variants(device):
+                    result = run_variant(op, variant, inp, device, repeats)
+                    row = {
+                        "op": op, "dtype": str(dtype).removeprefix("torch."), "shape": [n, *LATENT],
+                        "variant": variant, **result, "bytes": floor_bytes,
+                        "gbps": floor_bytes / result["seconds"] / 1e9,
+                        "x_floor": result["seconds"] / floor_seconds,
+                    }
+                    rows.append(row)
+                    print(f"{op:<12} {row['dtype']:<9} N={n:<3} {variant:<9} {result['seconds'] * 1e3:9.2f} ms "
+                          f"{row['gbps']:7.1f} GB/s  {row['x_floor']:6.2f}x floor  "
+                          f"peak {result['peak_bytes'] / 2**20:8.1f} MiB", flush=True)
+    for row in rows:
+        eager = next(r for r in rows if r["variant"] == "eager" and
+                     (r["op"], r["dtype"], r["shape"]) == (row["op"], row["dtype"], row["shape"]))
+        row["speedup_vs_eager"] = eager["seconds"] / row["seconds"]
+    result = {
+        "device": device, "machine": machine, "torch": torch.__version__, "copy_bandwidth_gbps": bandwidth / 1e9,
+        "latent": list(LATENT), "repeats": repeats, "rows": rows,
+    }
+    out = Path(args.out) if args.out else ROOT / "results" / f"kernels_{device}{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    plot(result, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    ops = list(dict.fromkeys(r["op"] for r in rows))
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    fig, axes = plt.subplots(len(dtypes), len(ops), figsize=(4.5 * len(ops), 3.5 * len(dtypes)), squeeze=False)
+    for i, dtype in enumerate(dtypes):
+        for j, op in enumerate(ops):
+            ax = axes[i, j]
+            for variant in dict.fromkeys(r["variant"] for r in rows):
+                sel = [r for r in rows if (r["op"], r["dtype"], r["variant"]) == (op, dtype, variant)]
+                ax.plot([r["shape"][0] for r in sel], [r["gbps"] for r in sel], "o-", label=variant)
+            ax.axhline(result["copy_bandwidth_gbps"], color="grey", ls=":", label="copy bandwidth")
+            ax.set_title(f"{op} fwd+bwd, {dtype}")
+            ax.set_xlabel("draws N (latent 16x64x64)")
+            ax.set_ylabel("GB/s of required traffic")
+            ax.set_ylim(bottom=0)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{result['device']}: {result['machine']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
