@@ -16,7 +16,7 @@ Both call ``backward`` per micro-batch and return averaged statistics.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -62,16 +62,21 @@ def micro_batches(num_samples: int, draws_per_sample: int, micro_batch: int) -> 
     return [slice(i, min(i + per, num_samples)) for i in range(0, num_samples, per)]
 
 
-def elbo_step(trainer, rollout: Rollout, advantages: torch.Tensor, generator: torch.Generator) -> Dict[str, float]:
+def elbo_step(trainer, rollout: Rollout, advantages: torch.Tensor,
+              generators: Sequence[torch.Generator]) -> Dict[str, float]:
+    """``generators``: one per sample, so a sample's draws do not depend on its batch or process."""
     cfg = trainer.config
     model = trainer.model
     x0 = rollout.final
     b, k = x0.shape[0], cfg.draws_per_sample
     shape = tuple(x0.shape[1:])
-    t_all = sample_timesteps(b, k, sampler=cfg.timestep_sampler, grid=rollout.sigmas.cpu(), generator=generator)
-    t_all = t_all.reshape(-1).to(trainer.device, x0.dtype)
-    eps_all = sample_noise((b * k,) + shape, k, mode=cfg.noise_mode, generator=generator, device=trainer.device,
-                           dtype=x0.dtype)
+    grid = rollout.sigmas.cpu()
+    t_all = torch.cat([
+        sample_timesteps(1, k, sampler=cfg.timestep_sampler, grid=grid, generator=g).reshape(-1) for g in generators
+    ]).to(trainer.device, x0.dtype)
+    eps_all = torch.cat([
+        sample_noise((k,) + shape, k, mode=cfg.noise_mode, generator=g, dtype=x0.dtype) for g in generators
+    ]).to(trainer.device)
     adv_all = advantages.to(trainer.device, torch.float32).repeat_interleave(k)
     use_ref = cfg.kl is not None and cfg.beta > 0
     average = StatsAverage()
@@ -102,14 +107,14 @@ def elbo_step(trainer, rollout: Rollout, advantages: torch.Tensor, generator: to
 
 
 def trajectory_step(trainer, rollout: Rollout, advantages: torch.Tensor,
-                    generator: torch.Generator) -> Dict[str, float]:
+                    generators: Sequence[torch.Generator]) -> Dict[str, float]:
     cfg = trainer.config
     trajectory = rollout.trajectory
     sigmas = trajectory.sigmas.to(trainer.device, torch.float64)
     b, steps = trajectory.log_probs.shape
     k = cfg.draws_per_sample
     # A random permutation of the steps per sample, as FlowGRPO shuffles its timesteps.
-    order = torch.argsort(torch.rand(b, steps, generator=generator), dim=1)[:, :k].to(trainer.device)
+    order = torch.stack([torch.randperm(steps, generator=g)[:k] for g in generators]).to(trainer.device)
     adv = advantages.to(trainer.device, torch.float32)
     use_ref = cfg.kl is not None and cfg.beta > 0
     average = StatsAverage()

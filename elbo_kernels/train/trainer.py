@@ -56,6 +56,10 @@ class Trainer:
         self.step = 0
         self.history: list = []
         self.transformer_rows = 0  # rows through the transformer: a device-independent cost measure
+        world = self.accelerator.num_processes
+        if config.batch_size % world:
+            raise ValueError(f"prompts_per_epoch * group_size = {config.batch_size} must be divisible by the "
+                             f"number of processes ({world}), so every process holds an equal share")
         self._setup_policies()
 
     # --- policies ---------------------------------------------------------------------------------
@@ -126,16 +130,35 @@ class Trainer:
                           self.config.guidance_scale)
         return fn(x, t)
 
+    def total_transformer_rows(self) -> int:
+        """Rows through the transformer so far, summed over processes."""
+        if self.accelerator.num_processes == 1:
+            return self.transformer_rows
+        count = torch.tensor([self.transformer_rows], dtype=torch.float64, device=self.device)
+        return int(self.accelerator.reduce(count, reduction="sum").item())
+
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)
 
     # --- the algorithm's pieces ---------------------------------------------------------------------
-    def generator(self, epoch: int, purpose: str) -> torch.Generator:
-        """A generator for (seed, epoch, process, purpose): runs resume exactly, processes never collide."""
-        key = f"{self.config.seed}/{epoch}/{self.accelerator.process_index}/{purpose}".encode()
+    def generator(self, epoch: int, purpose: str, index: int = 0) -> torch.Generator:
+        """A generator for (seed, epoch, purpose, global sample index).
+
+        Randomness is keyed by the sample's index in the global batch, not by the process: a
+        resumed run redraws exactly what it would have, a sample gets the same latents whichever
+        process holds it, and no two samples (hence no two processes) share latents.
+        """
+        key = f"{self.config.seed}/{epoch}/{purpose}/{index}".encode()
         return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1)
 
+    def local_samples(self) -> range:
+        """This process's contiguous block of the global batch (whole batch with one process)."""
+        per_process = self.config.batch_size // self.accelerator.num_processes
+        start = self.accelerator.process_index * per_process
+        return range(start, start + per_process)
+
     def sample_prompts(self, generator: torch.Generator) -> list:
+        """The global batch's prompts: prompts_per_epoch prompts, each repeated group_size times."""
         pool = self.task.prompts
         cfg = self.config
         if cfg.prompts_per_epoch <= len(pool):
@@ -145,24 +168,31 @@ class Trainer:
         return [pool[i] for i in chosen.tolist() for _ in range(cfg.group_size)]
 
     @torch.no_grad()
-    def rollout(self, prompts: list, generator: torch.Generator) -> Rollout:
+    def rollout(self, prompts: list, epoch: int, samples: range) -> Rollout:
+        """Samples ``samples`` of the global batch (their prompts given) with the old policy."""
         cfg = self.config
-        x1 = torch.randn((len(prompts),) + tuple(self.model.latent_shape), generator=generator).to(self.device)
+        shape = tuple(self.model.latent_shape)
+        x1 = torch.stack([torch.randn(shape, generator=self.generator(epoch, "rollout", i)) for i in samples])
+        x1 = x1.to(self.device)
         sigmas = timestep_grid(cfg.num_steps, device=self.device)
         with self.policy("old"):
             velocity = lambda x, t: self.guided_velocity(x, t, prompts)  # noqa: E731
             if cfg.sampler == "ode":
                 return Rollout(prompts, ode_sample(velocity, x1, sigmas, method=cfg.ode_method), sigmas)
+            # The SDE's step noise is drawn for the whole block, keyed by its first sample.
             trajectory = sde_sample(velocity, x1, sigmas, noise_level=cfg.noise_level, sde_type=cfg.sde_type,
-                                    generator=generator, backend=cfg.backend)
+                                    generator=self.generator(epoch, "sde", samples.start), backend=cfg.backend)
         return Rollout(prompts, trajectory.final, sigmas, trajectory)
 
     def rewards(self, rollout: Rollout) -> torch.Tensor:
+        """Rewards of the whole global batch (gathered across processes, in global order)."""
         images = self.model.decode(rollout.final)
         scores, _ = self.task.reward_fn(images, rollout.prompts, None)
-        return torch.as_tensor(scores["avg"], dtype=torch.float64)
+        local = torch.as_tensor(scores["avg"], dtype=torch.float64, device=self.device)
+        return self.accelerator.gather(local).cpu()
 
     def advantages(self, prompts: list, rewards: torch.Tensor) -> torch.Tensor:
+        """Advantages of the global batch from its per-prompt group statistics."""
         self.tracker.clear()
         advantages = self.tracker.update(prompts, rewards.numpy(), type=TRACKER_TYPE[self.config.advantage_mode])
         return torch.as_tensor(advantages, dtype=torch.float32)
@@ -182,6 +212,16 @@ class Trainer:
                 self._blend("ema", cfg.ema_decay)
         self.optimizer.zero_grad(set_to_none=True)
         return finite
+
+    def reduce_stats(self, stats: Dict[str, float]) -> Dict[str, float]:
+        """Mean of each statistic over processes (max for ratio_max)."""
+        if self.accelerator.num_processes == 1:
+            return stats
+        keys = sorted(stats)
+        values = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=self.device)
+        mean = self.accelerator.reduce(values.clone(), reduction="mean")
+        peak = self.accelerator.reduce(values.clone(), reduction="max") if hasattr(self.accelerator, "reduce") else values
+        return {k: float(peak[i] if k == "ratio_max" else mean[i]) for i, k in enumerate(keys)}
 
     # --- evaluation ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -217,19 +257,22 @@ class Trainer:
         for epoch in range(self.epoch, cfg.epochs):
             timer = self.output.timer()
             prompts = self.sample_prompts(self.generator(epoch, "prompts"))
+            samples = self.local_samples()
+            local_prompts = prompts[samples.start:samples.stop]
             with timer("rollout"):
-                rollout = self.rollout(prompts, self.generator(epoch, "rollout"))
+                rollout = self.rollout(local_prompts, epoch, samples)
             with timer("reward"):
                 rewards = self.rewards(rollout)
-            advantages = self.advantages(prompts, rewards)
+            advantages = self.advantages(prompts, rewards)[samples.start:samples.stop]
             with timer("loss_backward"):
-                stats = POLICY_STEPS[cfg.estimator](self, rollout, advantages, self.generator(epoch, "draws"))
+                draws = [self.generator(epoch, "draws", i) for i in samples]
+                stats = self.reduce_stats(POLICY_STEPS[cfg.estimator](self, rollout, advantages, draws))
             with timer("optimizer"):
                 stepped = self.optimizer_step()
             self.epoch = epoch + 1
             record = {"epoch": self.epoch, "step": self.step, "skipped": not stepped,
                       "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-                      "zero_std_ratio": self.tracker.zero_std_ratio, "transformer_rows": self.transformer_rows,
+                      "zero_std_ratio": self.tracker.zero_std_ratio, "transformer_rows": self.total_transformer_rows(),
                       **stats, **timer.seconds}
             due = cfg.eval_every > 0 and self.epoch % cfg.eval_every == 0
             if due or self.epoch == cfg.epochs:
@@ -241,6 +284,7 @@ class Trainer:
             last = self.epoch == cfg.epochs or reached
             if last or (cfg.checkpoint_every > 0 and self.epoch % cfg.checkpoint_every == 0):
                 self.output.checkpoint = save_state(self, before)
+                self.accelerator.wait_for_everyone()
             if reached:
                 break
         progress.close()
