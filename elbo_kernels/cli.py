@@ -46,8 +46,10 @@ def train(args: argparse.Namespace) -> int:
     from .train.config import config_from_args
 
     config = config_from_args(args)
-    summary = Trainer(config).fit()
-    print(f"summary: {config.output_dir}/summary.json; final checkpoint: {summary['final_checkpoint']}")
+    trainer = Trainer(config)
+    summary = trainer.fit()
+    if trainer.accelerator.is_main_process:
+        print(f"summary: {config.output_dir}/summary.json; final checkpoint: {summary['final_checkpoint']}")
     return 0
 
 

@@ -41,7 +41,7 @@ class TrainConfig:
     resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint"})
 
     # Rollouts (with the old policy).
-    epochs: int = field(default=40, metadata={"help": "number of epochs (rollout + update rounds)"})
+    epochs: int = field(default=60, metadata={"help": "number of epochs (rollout + update rounds)"})
     prompts_per_epoch: int = field(default=10, metadata={"help": "distinct prompts per epoch"})
     group_size: int = field(default=8, metadata={"help": "rollouts per prompt (the advantage group)"})
     sampler: str = field(default="ode", metadata={"help": "rollout sampler: ode | sde"})
@@ -59,7 +59,7 @@ class TrainConfig:
     objective: str = field(default="pepg", metadata={"help": "one of " + ", ".join(OBJECTIVES)})
     weighting: str = field(default="adaptive", metadata={"help": "simple | t | path_kl | adaptive"})
     kl: Optional[str] = field(default="girsanov", metadata={"help": "girsanov | kl1..kl3[_iw] | none"})
-    beta: float = field(default=0.1, metadata={"help": "KL weight"})
+    beta: float = field(default=0.03, metadata={"help": "KL weight"})
     clip_range: float = field(default=1e-3, metadata={"help": "grpo clip range"})
     adv_clip_max: float = field(default=5.0, metadata={"help": "advantage clamp (grpo, awm), nft scale"})
     nft_beta: float = field(default=1.0, metadata={"help": "DiffusionNFT blend g"})
@@ -82,7 +82,7 @@ class TrainConfig:
     # Evaluation, logging, checkpoints.
     eval_every: int = field(default=5, metadata={"help": "epochs between evaluations (0 = only before/after)"})
     eval_seeds: int = field(default=20, metadata={"help": "evaluation seeds per prompt"})
-    stop_at: Optional[float] = field(default=None, metadata={"help": "stop once the evaluation metric reaches this"})
+    stop_at: Optional[float] = field(default=0.95, metadata={"help": "stop once the evaluation metric reaches this (none = never)"})
     checkpoint_every: int = field(default=20, metadata={"help": "epochs between checkpoints (the last is always saved)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "complete checkpoints kept on disk"})
     plots: bool = field(default=True, metadata={"help": "write curve.png and sample grids"})
