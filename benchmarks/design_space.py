@@ -1,0 +1,523 @@
+"""The design-space study (arXiv 2602.04663) on DigitEval: time to DigitEval 0.9 per method.
+
+Every method is a TrainConfig override of the same trainer (DESIGN.md section 1):
+
+    flowgrpo        trajectory estimator, SDE rollouts, PPO-clip (grpo), std-normalised advantages,
+                    KL on the SDE step means (the trainer's trajectory "girsanov")
+    flowgrpo_cfg    the same with CFG 4.5 in rollouts and training (evaluated without CFG, like all)
+    diffusionnft    nft objective on the adaptive ELBO residuals, optimality-probability advantages, ODE
+    awm             PPO-clip on the simple-weighted ELBO ratio, ODE
+    elbo_<obj>_<s>  adaptive ELBO with objective epg | pepg | par (and *_noratio), sampler ode | sde
+
+Protocol (one run of this script, all methods side by side):
+
+1. Learning-rate sweep: every method at each lr of LR_GRID on seed 0.
+2. Chosen lr: the stable lr with the fewest transformer rows to 0.9 (ties: the smaller lr).
+   "Stable" = reached DigitEval >= 0.9 with diversity >= 0.7 at that evaluation and no
+   skipped (non-finite) steps. A method with no stable lr takes the lr whose run saw the
+   highest DigitEval at an evaluation with diversity >= 0.7 (ties: the larger lr).
+3. Seeds: the chosen lr on seeds 1 and 2 (seed 0's sweep run is reused), so every method
+   reports min / median / max over 3 seeds.
+
+A run stops at the first evaluation with DigitEval >= 0.9 and diversity >= 0.7 (the trainer's
+own stop_at ignores diversity, so the benchmark stops the run itself), when diversity has
+collapsed below COLLAPSE, or at the method's epoch budget. Runs are spread over worker
+processes, each pinned to one intra-op thread, in an order that interleaves methods so that
+load from other jobs on a shared machine hits all methods alike.
+
+Costs recorded per evaluation: wall seconds (the trainer's "seconds", which include
+evaluation), training-only wall seconds (sum of the seconds_<phase> fields), training-only
+process CPU seconds (contention-robust on a shared machine), and transformer rows (the
+trainer's device-independent count of rows through the transformer: forward rows, whether
+or not they are back-propagated).
+
+    python benchmarks/design_space.py            # full study (~30-40 min on 2 shared cores)
+    python benchmarks/design_space.py --quick    # CI smoke: 3 methods, 1 lr, 1 seed, a few epochs
+
+Writes benchmarks/results/design_space.{json,md,png} (--out to change the directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+TARGET = 0.9
+MIN_DIVERSITY = 0.7
+COLLAPSE = 0.55
+LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
+SEEDS = (0, 1, 2)
+BASELINE = "flowgrpo"
+
+FLOWGRPO = dict(estimator="trajectory", sampler="sde", objective="grpo", advantage_mode="standard", kl="girsanov")
+ELBO_OBJECTIVES = ("epg", "pepg", "par", "epg_noratio", "pepg_noratio", "par_noratio")
+
+
+def method_table(epochs_elbo: int, epochs_flowgrpo: int) -> Dict[str, dict]:
+    """name -> {"overrides": TrainConfig overrides, "epochs": epoch budget, "label": for tables}."""
+    table = {
+        "flowgrpo": dict(overrides=dict(FLOWGRPO, guidance_scale=1.0), epochs=epochs_flowgrpo,
+                         label="FlowGRPO-style (no CFG)"),
+        "flowgrpo_cfg": dict(overrides=dict(FLOWGRPO, guidance_scale=4.5), epochs=epochs_flowgrpo,
+                             label="FlowGRPO-style + CFG 4.5"),
+        "diffusionnft": dict(overrides=dict(objective="nft", advantage_mode="nft", weighting="adaptive", sampler="ode"),
+                             epochs=epochs_elbo, label="DiffusionNFT-style"),
+        "awm": dict(overrides=dict(objective="grpo", weighting="simple", sampler="ode"), epochs=epochs_elbo,
+                    label="AWM-style (ratio on simple ELBO)"),
+    }
+    for sampler in ("ode", "sde"):
+        for objective in ELBO_OBJECTIVES:
+            table[f"elbo_{objective}_{sampler}"] = dict(
+                overrides=dict(objective=objective, weighting="adaptive", sampler=sampler), epochs=epochs_elbo,
+                label=f"ELBO {objective} + {sampler.upper()}" + (" (recipe)" if (objective, sampler) == ("pepg", "ode") else ""),
+            )
+    return table
+
+
+# ------------------------------------------------------------------------------------------------
+# One run (in a worker process).
+# ------------------------------------------------------------------------------------------------
+class _Stop(Exception):
+    """Raised from the log hook to end a run early (target reached or diversity collapsed)."""
+
+
+def run_one(job: dict) -> dict:
+    """Train one (method, lr, seed); return its per-epoch records with CPU-time columns added."""
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker: process CPU time then measures this run's work only
+    from elbo_kernels.train import TrainConfig, Trainer
+    from elbo_kernels.train.trainer import NonFiniteError
+
+    class BenchTrainer(Trainer):
+        """Adds process-CPU bookkeeping and the diversity-aware stop; the training loop is untouched."""
+
+        def evaluate(self) -> dict:
+            start = time.process_time()
+            result = super().evaluate()
+            self.eval_cpu += time.process_time() - start
+            return result
+
+        def fit(self) -> dict:
+            self.eval_cpu = 0.0
+            self.cpu_start = time.process_time()
+            log = self.output.log
+
+            def log_and_check(record: dict, progress) -> None:
+                record["cpu_seconds_train"] = time.process_time() - self.cpu_start - self.eval_cpu
+                log(record, progress)
+                if "digiteval" in record:
+                    if record["digiteval"] >= TARGET and record["diversity"] >= MIN_DIVERSITY:
+                        raise _Stop("target")
+                    if record["diversity"] < COLLAPSE:
+                        raise _Stop("collapsed")
+
+            self.output.log = log_and_check
+            return super().fit()
+
+    overrides = dict(job["overrides"])
+    cfg = TrainConfig(
+        output_dir=job["output_dir"], seed=job["seed"], lr=job["lr"], epochs=job["epochs"],
+        eval_every=job["eval_every"], eval_seeds=job["eval_seeds"], checkpoint_every=0, keep_checkpoints=1,
+        plots=False, tensorboard=False, progress=False, **job.get("scale", {}), **overrides,
+    )
+    start = time.perf_counter()
+    trainer = BenchTrainer(cfg)
+    before = None
+    stop = "budget"
+    try:
+        trainer.fit()
+    except _Stop as reason:
+        stop = str(reason)
+    except NonFiniteError:
+        stop = "non-finite"
+    except (ValueError, RuntimeError) as error:  # e.g. the ops' finite checks once a run has diverged
+        stop = f"error: {type(error).__name__}: {str(error)[:200]}"
+    before = trainer.output.summary_before
+    return {
+        "method": job["method"], "lr": job["lr"], "seed": job["seed"], "stop": stop,
+        "before": {k: before.get(k) for k in ("digiteval", "diversity")},
+        "records": trainer.history, "wall_seconds": time.perf_counter() - start,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading a run.
+# ------------------------------------------------------------------------------------------------
+def training_seconds(record: dict) -> float:
+    return sum(v for k, v in record.items() if k.startswith("seconds_"))
+
+
+def summarize_run(run: dict) -> dict:
+    """Costs at the first qualifying evaluation (DigitEval >= 0.9 with diversity >= 0.7)."""
+    wall_train = 0.0
+    curve = []
+    reached = None
+    best = None
+    for record in run["records"]:
+        wall_train += training_seconds(record)
+        if "digiteval" not in record:
+            continue
+        point = {
+            "epoch": record["epoch"], "digiteval": record["digiteval"], "diversity": record["diversity"],
+            "seconds": record["seconds"], "train_seconds": wall_train, "cpu_seconds": record["cpu_seconds_train"],
+            "transformer_rows": record["transformer_rows"],
+        }
+        curve.append(point)
+        if best is None or point["digiteval"] > best["digiteval"]:
+            best = point
+        if reached is None and point["digiteval"] >= TARGET and point["diversity"] >= MIN_DIVERSITY:
+            reached = point
+    skipped = sum(1 for r in run["records"] if r.get("skipped"))
+    return {
+        "lr": run["lr"], "seed": run["seed"], "stop": run["stop"], "epochs_run": len(run["records"]),
+        "skipped_steps": skipped, "stable": reached is not None and skipped == 0,
+        "reached": reached, "best": best, "last": curve[-1] if curve else None, "before": run["before"],
+        "curve": curve,
+    }
+
+
+def spread(values: List[Optional[float]]) -> dict:
+    """min / median / max over seeds; a run that never reached the target counts as +inf."""
+    finite = [v for v in values if v is not None]
+    as_inf = sorted(math.inf if v is None else v for v in values)
+    return {
+        "min": as_inf[0] if as_inf else None, "median": statistics.median(as_inf) if as_inf else None,
+        "max": as_inf[-1] if as_inf else None, "reached": f"{len(finite)}/{len(values)}", "values": values,
+    }
+
+
+def _finite(value):
+    """JSON has no infinity: a target never reached is written as null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return None if isinstance(value, float) and math.isinf(value) else value
+
+
+def choose_lr(sweep: Dict[float, dict]) -> float:
+    """Fewest rows to the target among stable lrs; else the highest DigitEval seen with diversity >= 0.7."""
+    stable = [(s["reached"]["transformer_rows"], lr) for lr, s in sweep.items() if s["stable"]]
+    if stable:
+        return min(stable)[1]
+    healthy = [(max([p["digiteval"] for p in s["curve"] if p["diversity"] >= MIN_DIVERSITY] or [0.0]), -lr)
+               for lr, s in sweep.items()]
+    return -max(healthy)[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory kept between rollout and loss, and one training step's allocation peak.
+# ------------------------------------------------------------------------------------------------
+def memory_per_method(methods: Dict[str, dict], scale: dict) -> Dict[str, dict]:
+    """Bytes each estimator keeps from rollout to loss, and the profiler's peak for one epoch's step."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from memory import peak_bytes
+
+    from elbo_kernels.train import TrainConfig, Trainer
+    from elbo_kernels.train.policy_step import POLICY_STEPS
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, method in methods.items():
+            cfg = TrainConfig(output_dir=f"{tmp}/{name}", epochs=1, plots=False, tensorboard=False, progress=False,
+                              eval_every=0, checkpoint_every=0, **scale, **method["overrides"])
+            trainer = Trainer(cfg)
+            # The pieces of one epoch of Trainer.fit (epoch 0, one process).
+            prompts = trainer.sample_prompts(trainer.generator(0, "prompts"))
+            samples = trainer.local_samples()
+            rollout = trainer.rollout(prompts, 0, samples)
+            kept = {"final_x0": rollout.final.nbytes}
+            if rollout.trajectory is not None:
+                kept["trajectory_latents"] = rollout.trajectory.latents.nbytes
+                kept["trajectory_log_probs"] = rollout.trajectory.log_probs.nbytes
+            advantages = trainer.advantages(prompts, trainer.rewards(rollout))
+            policy_step = POLICY_STEPS[cfg.estimator]
+
+            def draws():
+                return [trainer.generator(0, "draws", i) for i in samples]
+
+            def step():
+                policy_step(trainer, rollout, advantages, draws())
+                trainer.optimizer.zero_grad(set_to_none=True)
+
+            def whole_epoch():
+                policy_step(trainer, trainer.rollout(prompts, 0, samples), advantages, draws())
+                trainer.optimizer.zero_grad(set_to_none=True)
+
+            step()  # warm-up (lazy allocations, caches)
+            out[name] = {
+                "kept_bytes": kept,
+                "kept_total_bytes": sum(kept.values()),
+                "loss_backward_peak_bytes": peak_bytes(step, "cpu"),
+                "epoch_peak_bytes": peak_bytes(whole_epoch, "cpu"),
+            }
+            del trainer
+            torch.manual_seed(0)
+    return out
+
+
+def sd3_kept_bytes(batch: int = 24, steps: int = 10, shape=(16, 64, 64), bytes_per=2) -> dict:
+    """The same bookkeeping at SD3.5-M's 512px latents (bf16), for scale."""
+    elements = math.prod(shape)
+    return {
+        "batch": batch, "steps": steps, "latent_shape": list(shape), "dtype_bytes": bytes_per,
+        "elbo_final_x0_bytes": batch * elements * bytes_per,
+        "trajectory_bytes": batch * (steps + 1) * elements * bytes_per + batch * steps * 4,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs.
+# ------------------------------------------------------------------------------------------------
+def fmt(value, digits=1, suffix=""):
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isinf(value):
+        return "not reached"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    methods = result["methods"]
+    lines = [
+        "# Design-space study on DigitEval",
+        "",
+        f"Target DigitEval >= {TARGET} with diversity >= {MIN_DIVERSITY} at the same evaluation. "
+        f"Median [min, max] over seeds {result['settings']['seeds']}; times are training only "
+        "(evaluation excluded). CPU s = process CPU seconds of the run's single-threaded worker "
+        "(robust to other jobs on the machine); wall s = wall-clock seconds of the training phases. "
+        f"Speedup = FlowGRPO-style ({result['speedup_baseline']}) median / method median.",
+        "",
+        "| method | lr (chosen) | reached | CPU s to 0.9 | wall s to 0.9 | transformer rows to 0.9 | "
+        "diversity at 0.9 | speedup (CPU) | speedup (rows) | speedup (wall) | final DigitEval / diversity |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in methods.items():
+        s = m["seeds"]
+
+        def cell(key, digits=1):
+            sp = s[key]
+            return f"{fmt(sp['median'], digits)} [{fmt(sp['min'], digits)}, {fmt(sp['max'], digits)}]"
+
+        finals = "; ".join(f"{fmt(r['last']['digiteval'], 2)} / {fmt(r['last']['diversity'], 2)}"
+                           for r in m["runs"] if r["last"])
+        lines.append(
+            f"| {m['label']} | {m['chosen_lr']:g} | {s['cpu_seconds']['reached']} | {cell('cpu_seconds')} | "
+            f"{cell('train_seconds')} | {cell('transformer_rows', 0)} | {cell('diversity', 2)} | "
+            f"{fmt(result['speedup_vs_flowgrpo'].get(name), 2, 'x')} | {fmt(result['speedup_rows'].get(name), 2, 'x')} | "
+            f"{fmt(result['speedup_wall'].get(name), 2, 'x')} | {finals} |"
+        )
+    lines += ["", "## Learning-rate sweep (seed 0)", "",
+              "| method | lr | stop | epochs | rows to 0.9 | CPU s to 0.9 | best DigitEval (diversity) | last DigitEval (diversity) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, m in methods.items():
+        for lr, s in m["sweep"].items():
+            reached = s["reached"] or {}
+            lines.append(
+                f"| {m['label']} | {lr} | {s['stop']} | {s['epochs_run']} | {fmt(reached.get('transformer_rows'), 0)} | "
+                f"{fmt(reached.get('cpu_seconds'))} | {fmt(s['best']['digiteval'], 2)} ({fmt(s['best']['diversity'], 2)}) | "
+                f"{fmt(s['last']['digiteval'], 2)} ({fmt(s['last']['diversity'], 2)}) |"
+            )
+    if result.get("memory"):
+        lines += ["", "## Memory per training step (DigitEval scale, batch "
+                  f"{result['settings']['batch']})", "",
+                  "| method | kept rollout->loss (bytes) | loss+backward peak (MB) | rollout+loss+backward peak (MB) |",
+                  "|---|---|---|---|"]
+        for name, mem in result["memory"].items():
+            lines.append(f"| {methods[name]['label'] if name in methods else name} | {mem['kept_total_bytes']:,} | "
+                         f"{mem['loss_backward_peak_bytes'] / 2**20:.1f} | {mem['epoch_peak_bytes'] / 2**20:.1f} |")
+        sd3 = result["memory_sd3_scale"]
+        lines += ["", f"At SD3.5-M scale (batch {sd3['batch']}, {sd3['steps']} steps, latents {sd3['latent_shape']}, "
+                  f"bf16): ELBO keeps {sd3['elbo_final_x0_bytes'] / 2**20:.1f} MiB of final samples, the trajectory "
+                  f"estimator {sd3['trajectory_bytes'] / 2**20:.1f} MiB of latents and log-probs."]
+    lines += ["", f"Machine: {result['settings']['machine']}. Run: {result['settings']['command']}, "
+              f"{result['settings']['wall_minutes']:.1f} min wall."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(19, 6))
+    names = list(result["methods"])
+    cmap = plt.get_cmap("tab20")
+    for i, name in enumerate(names):
+        m = result["methods"][name]
+        run = next((r for r in m["runs"] if r["seed"] == 0), m["runs"][0] if m["runs"] else None)
+        if run is None or not run["curve"]:
+            continue
+        style = "-" if ("ode" in name or name in ("diffusionnft", "awm")) else "--"
+        if name.startswith("flowgrpo"):
+            style = ":"
+        for ax, key in zip(axes, ("cpu_seconds", "train_seconds", "transformer_rows")):
+            xs = [0] + [p[key] for p in run["curve"]]
+            ys = [run["before"]["digiteval"]] + [p["digiteval"] for p in run["curve"]]
+            ax.plot(xs, ys, style, color=cmap(i % 20), label=m["label"], lw=2 if "pepg_ode" in name else 1.2)
+    for ax, title in zip(axes, ("training CPU seconds (1 thread)", "training wall seconds (shared machine)",
+                                "transformer rows (forward)")):
+        ax.axhline(TARGET, color="k", lw=0.8)
+        ax.set_xlabel(title)
+        ax.set_ylabel("DigitEval (seed 0, chosen lr)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Design-space study on DigitEval: ODE solid, SDE dashed, FlowGRPO-style dotted")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 3 methods, 1 lr, 1 seed, 2 epochs, tiny batch")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--methods", default="", help="comma-separated subset of method names")
+    parser.add_argument("--epochs-elbo", type=int, default=60)
+    parser.add_argument("--epochs-flowgrpo", type=int, default=120)
+    parser.add_argument("--eval-every", type=int, default=2)
+    parser.add_argument("--eval-seeds", type=int, default=10)
+    parser.add_argument("--lrs", default="", help="comma-separated learning rates (default: the LR_GRID)")
+    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="number of seeds (0, 1, ...)")
+    parser.add_argument("--no-memory", action="store_true")
+    args = parser.parse_args(argv)
+
+    methods = method_table(args.epochs_elbo, args.epochs_flowgrpo)
+    lr_grid = tuple(float(x) for x in args.lrs.split(",")) if args.lrs else LR_GRID
+    seeds, scale = tuple(range(args.seeds)), {}
+    if args.quick:
+        methods = {k: methods[k] for k in ("flowgrpo", "diffusionnft", "elbo_pepg_ode")}
+        for m in methods.values():
+            m["epochs"] = 2
+        lr_grid, seeds = (3e-3,), (0,)
+        scale = dict(prompts_per_epoch=4, group_size=4, draws_per_sample=2)
+        args.eval_every, args.eval_seeds = 1, 2
+    if args.methods:
+        wanted = args.methods.split(",")
+        unknown = sorted(set(wanted) - set(methods))
+        if unknown:
+            parser.error(f"unknown method(s) {unknown}; known: {', '.join(methods)}")
+        methods = {k: methods[k] for k in wanted}
+
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    from tqdm.auto import tqdm
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory(prefix="design_space_")
+
+    def job(name, lr, seed):
+        return dict(method=name, lr=lr, seed=seed, overrides=methods[name]["overrides"], epochs=methods[name]["epochs"],
+                    eval_every=args.eval_every, eval_seeds=args.eval_seeds, scale=scale,
+                    output_dir=f"{tmp.name}/{name}_lr{lr:g}_s{seed}")
+
+    runs: Dict[tuple, dict] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
+        # Phase 1: the sweep on seed 0, interleaved (lr outer, method inner; slow methods first in each round).
+        order = sorted(methods, key=lambda n: -methods[n]["epochs"])
+        jobs = [job(n, lr, seeds[0]) for lr in lr_grid for n in order]
+        bar = tqdm(total=len(jobs) + len(methods) * (len(seeds) - 1), desc="runs", unit="run", dynamic_ncols=True)
+        for run in pool.map(run_one, jobs):
+            runs[(run["method"], run["lr"], run["seed"])] = run
+            bar.update(1)
+        sweeps = {n: {lr: summarize_run(runs[(n, lr, seeds[0])]) for lr in lr_grid} for n in methods}
+        chosen = {n: choose_lr(sweeps[n]) for n in methods}
+        # Phase 2: the chosen lr on the other seeds.
+        jobs = [job(n, chosen[n], s) for s in seeds[1:] for n in order]
+        for run in pool.map(run_one, jobs):
+            runs[(run["method"], run["lr"], run["seed"])] = run
+            bar.update(1)
+        bar.close()
+    tmp.cleanup()
+
+    result = {"methods": {}, "speedup_baseline": "flowgrpo (no CFG)", "speedup_vs_flowgrpo": {},
+              "speedup_rows": {}, "speedup_wall": {}}
+    for name, m in methods.items():
+        per_seed = [summarize_run(runs[(name, chosen[name], s)]) for s in seeds]
+
+        def at(key):
+            return spread([r["reached"][key] if r["reached"] else None for r in per_seed])
+
+        result["methods"][name] = {
+            "label": m["label"], "overrides": m["overrides"], "epoch_budget": m["epochs"],
+            "sweep": {str(lr): s for lr, s in sweeps[name].items()},
+            "chosen_lr": chosen[name],
+            "seeds": {"cpu_seconds": at("cpu_seconds"), "train_seconds": at("train_seconds"),
+                      "seconds_with_eval": at("seconds"), "transformer_rows": at("transformer_rows"),
+                      "epochs": at("epoch"), "diversity": at("diversity"), "digiteval": at("digiteval")},
+            "runs": per_seed,
+        }
+    base = result["methods"].get(BASELINE)
+    for name, m in result["methods"].items():
+        for key, column in (("cpu_seconds", "speedup_vs_flowgrpo"), ("transformer_rows", "speedup_rows"),
+                            ("train_seconds", "speedup_wall")):
+            table = result[column]
+            b = base["seeds"][key]["median"] if base else None
+            v = m["seeds"][key]["median"]
+            if b is None or v is None or math.isinf(v):
+                table[name] = None
+            elif math.isinf(b):
+                table[name] = None  # baseline never reached the target: only a lower bound (see the budget)
+            else:
+                table[name] = b / v
+    result["speedup_definition"] = ("median over seeds of FlowGRPO-style (no CFG) training CPU seconds to "
+                                    "DigitEval 0.9 divided by the method's; speedup_rows / speedup_wall: the same "
+                                    "with transformer rows / training wall seconds")
+    if not args.no_memory:
+        mem_methods = {k: methods[k] for k in methods if k in ("flowgrpo", "flowgrpo_cfg", "diffusionnft", "awm",
+                                                                "elbo_pepg_ode", "elbo_pepg_sde")}
+        result["memory"] = memory_per_method(mem_methods, scale)
+        result["memory_note"] = (
+            "kept_bytes: tensors the estimator needs from the rollout at loss time (ELBO: final x0 [B, *S]; "
+            "trajectory: latents [B, T+1, *S] + log-probs [B, T] + final). *_peak_bytes: the torch profiler's "
+            "allocation peak (benchmarks/memory.py) of one epoch's loss+backward, and of rollout+loss+backward, "
+            "at the benchmark's batch; activations of this tiny model dominate those peaks.")
+        result["memory_sd3_scale"] = sd3_kept_bytes()
+    batch = (scale.get("prompts_per_epoch", 10) * scale.get("group_size", 8))
+    result["settings"] = {
+        "target": TARGET, "min_diversity": MIN_DIVERSITY, "collapse_stop": COLLAPSE, "lr_grid": list(lr_grid),
+        "seeds": list(seeds), "eval_every": args.eval_every, "eval_seeds": args.eval_seeds, "batch": batch,
+        "workers": args.workers, "threads_per_worker": 1, "quick": args.quick,
+        "command": "python benchmarks/design_space.py" + (" --quick" if args.quick else ""),
+        "machine": f"{os.cpu_count()} CPU cores, torch CPU, shared with other jobs (load average at end "
+                   f"{os.getloadavg()[0]:.1f})",
+        "wall_minutes": (time.perf_counter() - started) / 60,
+    }
+    (out_dir / "design_space.json").write_text(json.dumps(_finite(result), indent=1))
+    write_markdown(result, out_dir / "design_space.md")
+    write_plot(result, out_dir / "design_space.png")
+
+    print(f"\n{'method':34s} {'lr':>7s} {'reached':>7s} {'CPU s to 0.9':>13s} {'rows to 0.9':>12s} "
+          f"{'speedup(CPU)':>12s} {'speedup(rows)':>13s} {'div@0.9':>7s} {'kept bytes':>11s} {'step peak MB':>12s}")
+    for name, m in result["methods"].items():
+        s = m["seeds"]
+        mem = result.get("memory", {}).get(name, {})
+        print(f"{m['label'][:34]:34s} {m['chosen_lr']:7.0e} {s['cpu_seconds']['reached']:>7s} "
+              f"{fmt(s['cpu_seconds']['median']):>13s} {fmt(s['transformer_rows']['median'], 0):>12s} "
+              f"{fmt(result['speedup_vs_flowgrpo'][name], 2, 'x'):>12s} {fmt(result['speedup_rows'][name], 2, 'x'):>13s} "
+              f"{fmt(s['diversity']['median'], 2):>7s} {mem.get('kept_total_bytes', '-'):>11} "
+              f"{fmt(mem['epoch_peak_bytes'] / 2**20 if mem else None):>12s}")
+    print(f"wrote {out_dir / 'design_space.json'}, .md, .png ({result['settings']['wall_minutes']:.1f} min)")
+    return result
+
+
+if __name__ == "__main__":
+    main()
