@@ -97,9 +97,10 @@ OPS = {
 
 
 def forward_backward(run: Callable, v: torch.Tensor) -> Callable:
+    """Forward + backward returning dL/dv (no .grad accumulation, so repeated calls are alike)."""
+
     def step():
-        v.grad = None
-        run().backward()
+        return torch.autograd.grad(run(), v)[0]
 
     return step
 
