@@ -197,8 +197,36 @@ def main(argv=None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     plot(result, out.with_suffix(".png"))
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    out.with_suffix(".md").write_text(table(result))
+    print(table(result))
+    print(f"wrote {out} and its .png and .md")
     return result
+
+
+def table(result: dict) -> str:
+    """Markdown: one row per (op, dtype, N), one column group per variant."""
+    rows = result["rows"]
+    names = list(dict.fromkeys(r["variant"] for r in rows))
+    lines = [
+        f"Forward + backward, latents {'x'.join(map(str, result['latent']))}; {result['device']} "
+        f"({result['machine']}), torch {result['torch']}; copy bandwidth {result['copy_bandwidth_gbps']:.1f} GB/s; "
+        f"median of {result['repeats']}.",
+        "",
+        "| op | dtype | N | " + " | ".join(f"{n} ms" for n in names) + " | fused vs eager | fused x floor | "
+        + " | ".join(f"{n} peak MiB" for n in names) + " |",
+        "|" + "---|" * (3 + 2 * len(names) + 2),
+    ]
+    fused = [n for n in names if n not in ("eager", "compiled")]
+    for key in dict.fromkeys((r["op"], r["dtype"], r["shape"][0]) for r in rows):
+        sel = {r["variant"]: r for r in rows if (r["op"], r["dtype"], r["shape"][0]) == key}
+        best = min((sel[n] for n in fused), key=lambda r: r["seconds"], default=None)
+        speed = f"{best['speedup_vs_eager']:.1f}x" if best else "-"
+        floor = f"{best['x_floor']:.2f}" if best else "-"
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(f"{sel[n]['seconds'] * 1e3:.2f}" for n in names)
+            + f" | {speed} | {floor} | " + " | ".join(f"{sel[n]['peak_bytes'] / 2**20:.0f}" for n in names) + " |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path: Path) -> None:
