@@ -159,10 +159,11 @@ def load_pipeline(source: str = DEFAULT_MODEL, *, dtype=None, without_t5: bool =
         return StableDiffusion3Pipeline.from_pretrained(source, **kwargs)
     except (OSError, ValueError, EnvironmentError) as error:
         reason = _diagnose(source, tuple(skip))
+        repo = DEFAULT_MODEL if _is_local(source) else source
         raise ModelNotAvailableError(
             f"cannot load the SD3 pipeline from {source!r}: {reason}.\n"
             f"Fix: on a machine with internet access run `huggingface-cli login` (SD3.5 is gated: accept "
-            f"its license on the hub first) and `huggingface-cli download {source if not _is_local(source) else DEFAULT_MODEL} "
+            f"its license on the hub first) and `huggingface-cli download {repo} "
             f"--local-dir /path/to/sd3`, copy that directory here and pass it as the model "
             f"(`elbo-kernels train --model /path/to/sd3`), or populate HF_HOME's cache. "
             f"Underlying error: {type(error).__name__}: {error}"
@@ -409,7 +410,8 @@ def save_tiny_pipeline(directory, *, seed: int = 0, sample_size: int = 8, max_le
     Returns:
         the directory (created).
     """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
     directory = Path(directory)
