@@ -48,6 +48,10 @@ def add_lora(
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             for name in adapter_names:
                 transformer.add_adapter(config, adapter_name=name)
+    # Adapters train in fp32 even over bf16 / fp16 base weights (peft casts activations to them).
+    for name, p in transformer.named_parameters():
+        if "lora_" in name and p.dtype != torch.float32:
+            p.data = p.data.float()
     for name in adapter_names[1:]:
         blend_adapters(transformer, target=name, source=adapter_names[0], decay=0.0)
     transformer.set_adapter(adapter_names[0])

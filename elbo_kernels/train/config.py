@@ -27,8 +27,11 @@ from ..estimators import NOISE_MODES, SDE_TYPES, TIMESTEP_SAMPLERS, WEIGHTINGS
 from ..objectives import KL_ESTIMATORS, OBJECTIVES
 
 ESTIMATORS = ("elbo", "trajectory")
+# Keys whose value may be None ("none" on the command line).
+OPTIONAL = ("kl", "stop_at", "prompts", "weights_dtype", "resolution", "shift")
 SAMPLERS = ("ode", "sde")
 ODE_METHODS = ("euler", "dpm2")
+ON_NON_FINITE = ("skip", "raise")
 
 
 @dataclass
@@ -39,6 +42,11 @@ class TrainConfig:
     output_dir: str = field(default="outputs/digits", metadata={"help": "where metrics, plots and checkpoints go"})
     seed: int = field(default=0, metadata={"help": "global seed (each epoch and process derives its own)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint"})
+    prompts: Optional[str] = field(default=None, metadata={"help": "SD3: prompt file (.txt, or FlowGRPO .jsonl with metadata)"})
+    weights_dtype: Optional[str] = field(default=None, metadata={"help": "SD3: fp32 | bf16 | fp16 for the frozen weights"})
+    resolution: Optional[int] = field(default=None, metadata={"help": "SD3: image size in pixels (512)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "SD3: checkpoint transformer blocks"})
+    without_t5: bool = field(default=False, metadata={"help": "SD3: drop the T5-XXL text encoder"})
 
     # Rollouts (with the old policy).
     epochs: int = field(default=60, metadata={"help": "number of epochs (rollout + update rounds)"})
@@ -47,6 +55,7 @@ class TrainConfig:
     sampler: str = field(default="ode", metadata={"help": "rollout sampler: ode | sde"})
     ode_method: str = field(default="euler", metadata={"help": "ODE solver: euler | dpm2"})
     num_steps: int = field(default=10, metadata={"help": "sampler steps"})
+    shift: Optional[float] = field(default=None, metadata={"help": "time shift of the step grid (none = the model's: 1 digits, 3 SD3)"})
     guidance_scale: float = field(default=1.0, metadata={"help": "CFG scale in rollouts (1 = no CFG)"})
     noise_level: float = field(default=0.7, metadata={"help": "SDE noise level (eta)"})
     sde_type: str = field(default="sde", metadata={"help": "SDE variant: sde | cps"})
@@ -79,6 +88,13 @@ class TrainConfig:
     micro_batch: int = field(default=0, metadata={"help": "draws per forward/backward (0 = all at once)"})
     mixed_precision: str = field(default="no", metadata={"help": "accelerate mixed precision: no | fp16 | bf16"})
 
+    # Failures (docs/reliability.md).
+    on_non_finite: str = field(default="skip", metadata={
+        "help": "NaN/Inf in model outputs, rewards, loss or gradients: skip (skip the epoch's update, log it) | "
+                "raise (stop at once with NonFiniteError)"})
+    max_consecutive_skips: int = field(default=5, metadata={
+        "help": "stop with NonFiniteError after this many consecutive skipped updates"})
+
     # Evaluation, logging, checkpoints.
     eval_every: int = field(default=5, metadata={"help": "epochs between evaluations (0 = only before/after)"})
     eval_seeds: int = field(default=20, metadata={"help": "evaluation seeds per prompt"})
@@ -109,11 +125,12 @@ class TrainConfig:
             "advantage_mode": ADVANTAGE_MODES,
             "backend": BACKENDS,
             "mixed_precision": ("no", "fp16", "bf16"),
+            "on_non_finite": ON_NON_FINITE,
         }
         for key, allowed in choices.items():
             _require(getattr(self, key) in allowed, key, getattr(self, key), "one of " + ", ".join(map(repr, allowed)))
         for key in ("epochs", "prompts_per_epoch", "group_size", "num_steps", "draws_per_sample", "eval_seeds",
-                    "keep_checkpoints"):
+                    "keep_checkpoints", "max_consecutive_skips"):
             value = getattr(self, key)
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key, value, "an int >= 1")
         for key in ("eval_every", "checkpoint_every", "micro_batch", "lora_rank", "seed"):
@@ -128,6 +145,12 @@ class TrainConfig:
         for key in ("old_decay_rate", "old_decay_max", "ema_decay"):
             value = getattr(self, key)
             _require(_finite(value) and 0 <= value < 1, key, value, "a number in [0, 1)")
+        _require(self.seed < 2 ** 63, "seed", self.seed, "an int in [0, 2**63)")
+        for key in ("resume", "plots", "tensorboard", "progress"):
+            _require(isinstance(getattr(self, key), bool), key, getattr(self, key), "true or false")
+        for key in ("model", "reward", "output_dir"):
+            _require(isinstance(getattr(self, key), str) and getattr(self, key) != "", key, getattr(self, key),
+                     "a non-empty string")
         _require(self.guidance_scale >= 1, "guidance_scale", self.guidance_scale, ">= 1 (1 = no CFG)")
         if self.advantage_mode in ("standard", "nft") and self.group_size == 1:
             _require(False, "group_size", 1, ">= 2 with std-normalised advantages (advantage_mode "
@@ -149,6 +172,12 @@ class TrainConfig:
         if self.noise_mode == "antithetic":
             _require(self.draws_per_sample % 2 == 0, "draws_per_sample", self.draws_per_sample,
                      "even with noise_mode 'antithetic'")
+        _require(self.weights_dtype in (None, "fp32", "bf16", "fp16"), "weights_dtype", self.weights_dtype,
+                 "none, 'fp32', 'bf16' or 'fp16'")
+        _require(self.resolution is None or (isinstance(self.resolution, int) and self.resolution > 0),
+                 "resolution", self.resolution, "none or an int > 0")
+        _require(self.shift is None or (_finite(self.shift) and self.shift > 0), "shift", self.shift,
+                 "none or a number > 0")
         if self.stop_at is not None:
             _require(_finite(self.stop_at) and 0 < self.stop_at <= 1, "stop_at", self.stop_at, "a number in (0, 1]")
         return self
@@ -163,7 +192,7 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown config key(s) {unknown}; see `elbo-kernels train --help`")
-        return cls(**{k: _none(v) if k in ("kl", "stop_at") else v for k, v in values.items()})
+        return cls(**{k: _none(v) if k in OPTIONAL else v for k, v in values.items()})
 
     @classmethod
     def from_yaml(cls, path) -> "TrainConfig":
@@ -178,6 +207,23 @@ class TrainConfig:
 
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+
+
+def require_known_reward(spec: str) -> None:
+    """The reward name (or each name of a weighted "a:0.5,b:0.5" spec) must be registered.
+
+    Checked by the Trainer when it builds the task from the config (a task passed in brings its
+    own reward function, and the key is unused)."""
+    from ..rewards import REWARDS, parse_weights
+
+    try:
+        names = list(parse_weights(spec)) if ("," in spec or ":" in spec) else [spec]
+    except ValueError as error:
+        raise ValueError(f"config key 'reward' has value {spec!r}; allowed: a reward name or a weighted list such "
+                         f"as 'pickscore:0.5,jpeg_compressibility:0.5' ({error})") from None
+    for name in names:
+        _require(name in REWARDS, "reward", spec, "one of " + ", ".join(map(repr, REWARDS)) +
+                 " or a weighted list of them such as 'pickscore:0.5,jpeg_compressibility:0.5'")
 
 
 def _none(value):
@@ -195,7 +241,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         default = f.default
         kind = {bool: _parse_bool, int: int, float: float}.get(type(default), str)
-        if f.name in ("kl", "stop_at"):
+        if f.name in OPTIONAL:
             kind = str
         parser.add_argument(
             f"--{f.name}", dest=f.name, type=kind, default=argparse.SUPPRESS,
@@ -219,7 +265,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values.update(TrainConfig.from_yaml(args.config).to_dict())
     names: List[str] = [f.name for f in fields(TrainConfig)]
     overrides = {k: v for k, v in vars(args).items() if k in names}
-    if "stop_at" in overrides and overrides["stop_at"] is not None and _none(overrides["stop_at"]) is not None:
-        overrides["stop_at"] = float(overrides["stop_at"])
+    for key, kind in (("stop_at", float), ("shift", float), ("resolution", int)):
+        if key in overrides and _none(overrides[key]) is not None:
+            try:
+                overrides[key] = kind(overrides[key])
+            except ValueError:
+                raise ValueError(f"config key {key!r} has value {overrides[key]!r}; allowed: none or a number") from None
     values.update(overrides)
     return TrainConfig.from_dict(values)

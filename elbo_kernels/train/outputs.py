@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from .checkpoint import write_json
 
 GRID_SEEDS = 8
+GRID_ROWS = 10
 
 
 class Timer:
@@ -46,7 +47,7 @@ class RunOutputs:
             config.save_yaml(root / "config.yaml")
 
     # --- start / resume ---------------------------------------------------------------------------
-    def start(self, before: dict, sampler) -> None:
+    def start(self, before: dict, sampler, prompts) -> None:
         self.summary_before = _scalars(before)
         if not self.enabled:
             return
@@ -54,7 +55,7 @@ class RunOutputs:
         if self.config.plots:
             from .plots import sample_grid
 
-            sample_grid(sampler, self.root / "samples_before.png", seeds=GRID_SEEDS)
+            sample_grid(sampler, self.root / "samples_before.png", prompts[:GRID_ROWS], seeds=GRID_SEEDS)
 
     def resume(self, history: list, before: dict, checkpoint: Path) -> None:
         self.summary_before = before
@@ -134,7 +135,8 @@ class RunOutputs:
             if self.config.plots:
                 from .plots import learning_curve, sample_grid
 
-                sample_grid(trainer.sample, self.root / "samples_after.png", seeds=GRID_SEEDS)
+                sample_grid(trainer.sample, self.root / "samples_after.png", trainer.task.prompts[:GRID_ROWS],
+                            seeds=GRID_SEEDS)
                 learning_curve(history, self.root / "curve.png", metric=metric,
                                before=summary[f"{metric}_before"])
             write_json(self.root / "summary.json", summary)

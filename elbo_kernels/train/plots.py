@@ -41,20 +41,19 @@ def learning_curve(history: list, path: Path, *, metric: str = "digiteval", befo
     plt.close(fig)
 
 
-def sample_grid(sampler, path: Path, *, seeds: int = 8, prompts=None) -> None:
-    """One row per prompt (default: the ten digits), ``seeds`` columns."""
-    if prompts is None:
-        from ..models.digits import prompt
-
-        prompts = [prompt(d) for d in range(10)]
+def sample_grid(sampler, path: Path, prompts, *, seeds: int = 8) -> None:
+    """One row per prompt, ``seeds`` columns; grayscale ([N, H, W] or [N, 1, H, W]) or RGB images."""
     rows = [p for p in prompts for _ in range(seeds)]
     with torch.no_grad():
         images = torch.as_tensor(sampler(rows, seed=list(range(seeds)) * len(prompts))).float().cpu()
-    images = images.reshape(len(prompts), seeds, *images.shape[-2:])
-    fig, axes = plt.subplots(len(prompts), seeds, figsize=(seeds * 0.6, len(prompts) * 0.6), dpi=100)
+    if images.dim() == 4:
+        images = images[:, 0] if images.shape[1] == 1 else images.permute(0, 2, 3, 1)
+    images = images.reshape(len(prompts), seeds, *images.shape[1:]).clamp(0, 1)
+    fig, axes = plt.subplots(len(prompts), seeds, figsize=(seeds * 0.6, len(prompts) * 0.6), dpi=100,
+                             squeeze=False)
     for i in range(len(prompts)):
         for j in range(seeds):
-            axes[i, j].imshow(images[i, j], cmap="gray_r", vmin=0, vmax=1)
+            axes[i, j].imshow(images[i, j], cmap="gray_r" if images.dim() == 4 else None, vmin=0, vmax=1)
             axes[i, j].axis("off")
     fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0, right=1, top=1, bottom=0)
     fig.savefig(path)

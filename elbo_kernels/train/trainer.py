@@ -9,6 +9,14 @@
     old        <- d old + (1 - d) current,  d = min(old_decay_rate * step, old_decay_max)
     ema        <- e ema + (1 - e) current   (the policy that is evaluated and shipped)
 
+Failures (docs/reliability.md): a non-finite value anywhere in an epoch (rollout, model
+outputs, rewards, loss, gradients) skips that epoch's update -- optimizer, old and EMA
+untouched, the record says "skipped" and why -- or, with on_non_finite "raise", stops the
+run; max_consecutive_skips skips in a row stop it too (NonFiniteError). A reward function
+that raises or returns the wrong number of scores stops the run (RewardError): a rollout
+is never dropped or scored twice. Every process takes the same decision at the same point
+(one small all-reduce), so a multi-process run never deadlocks on a one-sided skip.
+
 Policies live on one transformer: LoRA adapters "default" (trained), "old" and
 "ema", with the reference = adapters disabled; with lora_rank = 0 the whole
 transformer is trained and frozen copies play old / ema / reference.
@@ -23,13 +31,16 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
+import numpy as np
+
 import torch
 from accelerate import Accelerator
 
 from ..advantages import PerPromptStatTracker
 from ..models.lora import active_adapter, add_lora, blend_adapters
 from ..sampling import cfg_velocity, ode_sample, sde_sample, timestep_grid
-from .config import TrainConfig
+from . import faults
+from .config import TrainConfig, require_known_reward
 from .outputs import RunOutputs
 from .policy_step import POLICY_STEPS, Rollout
 from .state import load_state, save_state
@@ -38,17 +49,36 @@ from .task import Task, load_task
 TRACKER_TYPE = {"standard": "grpo", "exact": "exact", "nft": "nft"}
 
 
+# Why an epoch's update was skipped, in the order an epoch meets them.
+SKIP_REASONS = ("rollout", "model_output", "reward", "loss", "gradients")
+
+
 class NonFiniteError(RuntimeError):
-    """Too many consecutive steps had non-finite losses or gradients."""
+    """A non-finite value with on_non_finite "raise", or max_consecutive_skips skipped updates in a row."""
+
+
+class RewardError(RuntimeError):
+    """The reward function raised, or did not return one score per image (the run stops: never a silent drop)."""
 
 
 class Trainer:
     def __init__(self, config: TrainConfig, task: Optional[Task] = None):
         self.config = config.validate()
+        if task is None:
+            require_known_reward(config.reward)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
         self.device = self.accelerator.device
+        world = self.accelerator.num_processes
+        if config.batch_size % world:  # before loading anything
+            raise ValueError(f"config keys 'prompts_per_epoch' * 'group_size' = {config.prompts_per_epoch} * "
+                             f"{config.group_size} = {config.batch_size} must be divisible by the number of "
+                             f"processes ({world}), so every process holds an equal share")
         torch.manual_seed(config.seed)
-        self.task = task or load_task(config.model, config.reward, device=self.device, eval_seeds=config.eval_seeds)
+        self.task = task or load_task(
+            config.model, config.reward, device=self.device, eval_seeds=config.eval_seeds, prompts=config.prompts,
+            weights_dtype=config.weights_dtype, resolution=config.resolution,
+            gradient_checkpointing=config.gradient_checkpointing, without_t5=config.without_t5,
+        )
         self.model = self.task.model
         self.output = RunOutputs(Path(config.output_dir), config, enabled=self.accelerator.is_main_process)
         self.tracker = PerPromptStatTracker(scale=config.advantage_scale, adv_clip_max=config.adv_clip_max)
@@ -56,10 +86,12 @@ class Trainer:
         self.step = 0
         self.history: list = []
         self.transformer_rows = 0  # rows through the transformer: a device-independent cost measure
-        world = self.accelerator.num_processes
-        if config.batch_size % world:
-            raise ValueError(f"prompts_per_epoch * group_size = {config.batch_size} must be divisible by the "
-                             f"number of processes ({world}), so every process holds an equal share")
+        self.consecutive_skips = 0
+        self.skip_reason: Optional[str] = None  # one of SKIP_REASONS once this epoch met a non-finite value
+        self.skip_detail = ""
+        self._epoch_number: Optional[int] = None  # 1-based epoch in progress (fault hooks, messages)
+        self._phase: Optional[str] = None  # "rollout" | "update" while those run
+        self._policy_name = "current"
         self._setup_policies()
 
     # --- policies ---------------------------------------------------------------------------------
@@ -90,20 +122,23 @@ class Trainer:
     @contextlib.contextmanager
     def policy(self, which: str):
         """Run the block as policy ``which``: "current", "old", "ema" or "reference"."""
-        if which == "current":
-            yield
-            return
-        if self.config.lora_rank > 0:
-            adapter = {"old": "old", "ema": "ema", "reference": None}[which]
-            with active_adapter(self.transformer, adapter):
-                yield
-            return
-        trained = self.model.transformer
-        self.model.transformer = self.copies[which]
+        outer, self._policy_name = self._policy_name, which
         try:
-            yield
+            if which == "current":
+                yield
+            elif self.config.lora_rank > 0:
+                adapter = {"old": "old", "ema": "ema", "reference": None}[which]
+                with active_adapter(self.transformer, adapter):
+                    yield
+            else:
+                trained = self.model.transformer
+                self.model.transformer = self.copies[which]
+                try:
+                    yield
+                finally:
+                    self.model.transformer = trained
         finally:
-            self.model.transformer = trained
+            self._policy_name = outer
 
     def evaluation_policy(self) -> str:
         return "ema" if self.config.ema_decay > 0 else "current"
@@ -118,9 +153,24 @@ class Trainer:
 
     # --- model calls ------------------------------------------------------------------------------
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """The active policy's velocity; a non-finite output is recorded (the epoch will be skipped)
+        and replaced by zeros, so that every process still reaches the same agreement point."""
         self.transformer_rows += x.shape[0]
+        if self._phase == "rollout":
+            faults.point("rollout", self._epoch_number, self.accelerator.process_index)
         with self.accelerator.autocast():
-            return self.model.velocity(x, t, cond)
+            out = self.model.velocity(x, t, cond)
+        if self._phase is not None:
+            hook = "rollout_velocity" if self._phase == "rollout" else "velocity"
+            out = faults.corrupt(hook, self._epoch_number, out, self.accelerator.process_index)
+            # One read of the output: small next to the forward that made it.
+            if not bool(torch.isfinite(out).all()):
+                bad = int((~torch.isfinite(out)).sum())
+                self._flag("rollout" if self._phase == "rollout" else "model_output",
+                           f"the {self._policy_name} policy's velocity held {bad} non-finite value(s) during "
+                           f"the {self._phase}")
+                out = torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+        return out
 
     def guided_velocity(self, x: torch.Tensor, t: torch.Tensor, prompts) -> torch.Tensor:
         """The rollout velocity for these prompts (with CFG when guidance_scale > 1)."""
@@ -138,7 +188,30 @@ class Trainer:
         return int(self.accelerator.reduce(count, reduction="sum").item())
 
     def backward(self, loss: torch.Tensor) -> None:
+        """Backward of one micro-batch's loss, unless this epoch met a non-finite value (on any process)."""
+        loss = faults.corrupt("loss", self._epoch_number, loss, self.accelerator.process_index)
+        if not bool(torch.isfinite(loss).all()):
+            self._flag("loss", f"the loss is {float(loss)}")
+        if self._agreed_reason() is not None:
+            return
         self.accelerator.backward(loss)
+        faults.point("backward", self._epoch_number, self.accelerator.process_index)
+
+    # --- non-finite values: record, agree across processes, decide -----------------------------------
+    def _flag(self, reason: str, detail: str) -> None:
+        """Record the first non-finite value this epoch met (the update will be skipped)."""
+        if self.skip_reason is None:
+            self.skip_reason, self.skip_detail = reason, detail
+
+    def _agreed_reason(self) -> Optional[str]:
+        """This epoch's skip reason, the same on every process (the earliest reason any process met)."""
+        if self.accelerator.num_processes > 1:
+            flags = torch.tensor([float(r == self.skip_reason) for r in SKIP_REASONS], device=self.device)
+            flags = self.accelerator.reduce(flags, reduction="max")
+            agreed = next((r for r, f in zip(SKIP_REASONS, flags.tolist()) if f), None)
+            if agreed is not None and agreed != self.skip_reason:
+                self.skip_reason, self.skip_detail = agreed, f"{agreed}: a non-finite value on another process"
+        return self.skip_reason
 
     # --- the algorithm's pieces ---------------------------------------------------------------------
     def generator(self, epoch: int, purpose: str, index: int = 0) -> torch.Generator:
@@ -174,7 +247,7 @@ class Trainer:
         shape = tuple(self.model.latent_shape)
         x1 = torch.stack([torch.randn(shape, generator=self.generator(epoch, "rollout", i)) for i in samples])
         x1 = x1.to(self.device)
-        sigmas = timestep_grid(cfg.num_steps, device=self.device)
+        sigmas = self.sigmas(cfg.num_steps)
         with self.policy("old"):
             velocity = lambda x, t: self.guided_velocity(x, t, prompts)  # noqa: E731
             if cfg.sampler == "ode":
@@ -184,12 +257,45 @@ class Trainer:
                                     generator=self.generator(epoch, "sde", samples.start), backend=cfg.backend)
         return Rollout(prompts, trajectory.final, sigmas, trajectory)
 
+    def sigmas(self, num_steps: int) -> torch.Tensor:
+        """The sampler grid: ``shift`` from the config, else the model's own (1 for digits, 3 for SD3)."""
+        shift = self.config.shift if self.config.shift is not None else getattr(self.model, "sampler_shift", 1.0)
+        return timestep_grid(num_steps, shift=shift, device=self.device)
+
     def rewards(self, rollout: Rollout) -> torch.Tensor:
-        """Rewards of the whole global batch (gathered across processes, in global order)."""
+        """Rewards of the whole global batch (gathered across processes, in global order).
+
+        Raises:
+            RewardError: the reward function raised, or its scores["avg"] is not one number per
+            image (on any process: every process raises). NaN / Inf scores are returned as they
+            are; the caller skips the update (or raises, per on_non_finite).
+        """
+        epoch, process = self._epoch_number, self.accelerator.process_index
         images = self.model.decode(rollout.final)
-        scores, _ = self.task.reward_fn(images, rollout.prompts, None)
-        local = torch.as_tensor(scores["avg"], dtype=torch.float64, device=self.device)
+        faults.point("reward", epoch, process)
+        count = len(rollout.prompts)
+        failure = None
+        try:
+            scores, _ = self.task.reward_fn(images, rollout.prompts, None)
+            local = _reward_column(scores, count)
+        except Exception as error:  # noqa: BLE001 - every failure is re-raised below, with context
+            failure, local = error, None
+        if self._agree(failure is not None):
+            where = f"on {count} images of epoch {epoch}" + (f" (process {process})" if self.accelerator.num_processes > 1 else "")
+            if failure is None:
+                raise RewardError(f"the reward function failed on another process at epoch {epoch}")
+            raise RewardError(f"the reward function failed {where}: {type(failure).__name__}: {failure}; no "
+                              f"update was made from this rollout (resume from the last checkpoint once the "
+                              f"reward is fixed)") from failure
+        local = faults.corrupt("reward", epoch, local.to(self.device), process)
         return self.accelerator.gather(local).cpu()
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is true on any."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        return bool(self.accelerator.reduce(value, reduction="max").item())
 
     def advantages(self, prompts: list, rewards: torch.Tensor) -> torch.Tensor:
         """Advantages of the global batch from its per-prompt group statistics."""
@@ -198,20 +304,29 @@ class Trainer:
         return torch.as_tensor(advantages, dtype=torch.float32)
 
     def optimizer_step(self) -> bool:
-        """Clip, check, step and update old / ema; returns False (and changes nothing) on non-finite grads."""
+        """Clip, check, step and update old / ema; returns False (and changes nothing) when this epoch
+        met a non-finite value or the gradients are non-finite (then ``skip_reason`` says which)."""
         cfg = self.config
-        grads = [p.grad for p in self.parameters if p.grad is not None]
-        finite = all(bool(torch.isfinite(g).all()) for g in grads)
-        if finite:
+        if self.skip_reason is None:
+            with_grad = [p for p in self.parameters if p.grad is not None]
+            if with_grad:
+                with_grad[0].grad = faults.corrupt("grad", self._epoch_number, with_grad[0].grad,
+                                                   self.accelerator.process_index)
+            bad = sum(int((~torch.isfinite(p.grad)).sum()) for p in with_grad)
+            if bad:
+                self._flag("gradients", f"the gradients held {bad} non-finite value(s)")
+        stepped = self._agreed_reason() is None
+        if stepped:
             if cfg.grad_clip > 0:
                 self.accelerator.clip_grad_norm_(self.parameters, cfg.grad_clip)
             self.optimizer.step()
+            faults.point("optimizer", self._epoch_number, self.accelerator.process_index)
             self.step += 1
             self._blend("old", min(cfg.old_decay_rate * self.step, cfg.old_decay_max))
             if cfg.ema_decay > 0:
                 self._blend("ema", cfg.ema_decay)
         self.optimizer.zero_grad(set_to_none=True)
-        return finite
+        return stepped
 
     def reduce_stats(self, stats: Dict[str, float]) -> Dict[str, float]:
         """Mean of each statistic over processes (max for ratio_max)."""
@@ -222,6 +337,50 @@ class Trainer:
         mean = self.accelerator.reduce(values.clone(), reduction="mean")
         peak = self.accelerator.reduce(values.clone(), reduction="max") if hasattr(self.accelerator, "reduce") else values
         return {k: float(peak[i] if k == "ratio_max" else mean[i]) for i, k in enumerate(keys)}
+
+    def _run(self, phase: str, fn, *args):
+        self._phase = phase
+        try:
+            return fn(*args)
+        finally:
+            self._phase = None
+
+    def _policy_step(self, rollout: Rollout, advantages: torch.Tensor, draws) -> Dict[str, float]:
+        try:
+            stats = POLICY_STEPS[self.config.estimator](self, rollout, advantages, draws)
+        except ValueError as error:
+            # The public ops name a non-finite argument with a ValueError; that is a skip, not a crash.
+            # (With several processes the velocity and loss hooks catch non-finite values first.)
+            if "non-finite" not in str(error):
+                raise
+            self._flag("loss", f"{error}")
+            return {}
+        return self.reduce_stats(stats)
+
+    def _check_rollout(self, rollout: Rollout) -> None:
+        values = {"final latents": rollout.final}
+        if rollout.trajectory is not None:
+            values["log-probabilities"] = rollout.trajectory.log_probs
+        for name, value in values.items():
+            if not bool(torch.isfinite(value).all()):
+                self._flag("rollout", f"the rollout's {name} hold {int((~torch.isfinite(value)).sum())} "
+                                      f"non-finite value(s)")
+                return
+
+    def _stop_if_too_many_skips(self, progress) -> None:
+        cfg = self.config
+        checkpoint = self.output.checkpoint or "none (the run starts from scratch)"
+        if cfg.on_non_finite == "raise":
+            progress.close()
+            raise NonFiniteError(f"epoch {self.epoch}: {self.skip_detail} (on_non_finite='raise'); no update was "
+                                 f"made from this epoch. Last complete checkpoint: {checkpoint}")
+        if self.consecutive_skips >= cfg.max_consecutive_skips:
+            progress.close()
+            reasons = [r.get("skip_reason") for r in self.history[-self.consecutive_skips:]]
+            raise NonFiniteError(
+                f"{self.consecutive_skips} consecutive epochs skipped (max_consecutive_skips="
+                f"{cfg.max_consecutive_skips}), reasons {reasons}; the last: {self.skip_detail}. Lower lr, check "
+                f"the reward function and the model, then resume from the last complete checkpoint: {checkpoint}")
 
     # --- evaluation ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -235,7 +394,7 @@ class Trainer:
         velocity = cfg_velocity(lambda x, t: self.model.velocity(x, t, cond),
                                 lambda x, t: self.model.velocity(x, t, uncond), guidance_scale)
         with self.policy(self.evaluation_policy()):
-            final = ode_sample(velocity, x1.to(self.device), timestep_grid(num_steps, device=self.device))
+            final = ode_sample(velocity, x1.to(self.device), self.sigmas(num_steps))
         return self.model.decode(final)
 
     def evaluate(self) -> dict:
@@ -251,35 +410,50 @@ class Trainer:
             before = self.output.summary_before
         else:
             before = self.evaluate()
-            self.output.start(before, self.sample)
+            self.output.start(before, self.sample, self.task.prompts)
         clock = self.output.clock_offset
         progress = self.output.progress(cfg.epochs, initial=self.epoch)
         for epoch in range(self.epoch, cfg.epochs):
             timer = self.output.timer()
+            self._epoch_number = epoch + 1
+            self.skip_reason, self.skip_detail = None, ""
             prompts = self.sample_prompts(self.generator(epoch, "prompts"))
             samples = self.local_samples()
             local_prompts = prompts[samples.start:samples.stop]
             with timer("rollout"):
-                rollout = self.rollout(local_prompts, epoch, samples)
+                rollout = self._run("rollout", self.rollout, local_prompts, epoch, samples)
+                self._check_rollout(rollout)
             with timer("reward"):
                 rewards = self.rewards(rollout)
-            advantages = self.advantages(prompts, rewards)[samples.start:samples.stop]
-            with timer("loss_backward"):
-                draws = [self.generator(epoch, "draws", i) for i in samples]
-                stats = self.reduce_stats(POLICY_STEPS[cfg.estimator](self, rollout, advantages, draws))
+            finite = torch.isfinite(rewards)
+            if not bool(finite.all()):
+                self._flag("reward", f"{int((~finite).sum())} of {rewards.numel()} rewards are NaN or Inf")
+            stats: Dict[str, float] = {}
+            if self._agreed_reason() is None:  # a skipped epoch's rollout is never trained on
+                advantages = self.advantages(prompts, rewards)[samples.start:samples.stop]
+                with timer("loss_backward"):
+                    draws = [self.generator(epoch, "draws", i) for i in samples]
+                    stats = self._run("update", self._policy_step, rollout, advantages, draws)
             with timer("optimizer"):
                 stepped = self.optimizer_step()
             self.epoch = epoch + 1
+            self.consecutive_skips = 0 if stepped else self.consecutive_skips + 1
+            shown = rewards[finite] if bool(finite.any()) else rewards
             record = {"epoch": self.epoch, "step": self.step, "skipped": not stepped,
-                      "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-                      "zero_std_ratio": self.tracker.zero_std_ratio, "transformer_rows": self.total_transformer_rows(),
-                      **stats, **timer.seconds}
+                      "reward_mean": float(shown.mean()), "reward_std": float(shown.std()) if shown.numel() > 1 else 0.0,
+                      "zero_std_ratio": self.tracker.zero_std_ratio if stats else None,
+                      "transformer_rows": self.total_transformer_rows(), **stats, **timer.seconds}
+            if not stepped:
+                record.update(skip_reason=self.skip_reason, skip_detail=self.skip_detail,
+                              consecutive_skips=self.consecutive_skips)
             due = cfg.eval_every > 0 and self.epoch % cfg.eval_every == 0
             if due or self.epoch == cfg.epochs:
                 record.update(self.output.eval_record(self.evaluate(), self.task.metric))
             record["seconds"] = clock + time.perf_counter() - start
             self.history.append(record)
             self.output.log(record, progress)
+            if not stepped:
+                self._stop_if_too_many_skips(progress)
             reached = cfg.stop_at is not None and record.get(self.task.metric, 0.0) >= cfg.stop_at
             last = self.epoch == cfg.epochs or reached
             if last or (cfg.checkpoint_every > 0 and self.epoch % cfg.checkpoint_every == 0):
@@ -289,3 +463,22 @@ class Trainer:
                 break
         progress.close()
         return self.output.finish(self, before, clock + time.perf_counter() - start)
+
+
+def _reward_column(scores, count: int) -> torch.Tensor:
+    """scores["avg"] as float64 [count]; ValueError / TypeError describe what came back instead."""
+    if not isinstance(scores, dict) or "avg" not in scores:
+        raise TypeError(f"the reward function must return (scores, info) with scores a dict holding 'avg'; got "
+                        f"scores of type {type(scores).__name__}"
+                        + (f" with keys {sorted(scores)[:8]}" if isinstance(scores, dict) else ""))
+    values = scores["avg"]
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to("cpu", torch.float64)
+    try:
+        column = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"scores['avg'] is not numeric ({error})") from None
+    if column.shape != (count,):
+        raise ValueError(f"scores['avg'] has shape {column.shape} for {count} images: one score per image is "
+                         f"required (never truncated or broadcast)")
+    return torch.from_numpy(column.copy())
