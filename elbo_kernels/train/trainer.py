@@ -191,7 +191,7 @@ class Trainer:
         """Backward of one micro-batch's loss, unless this epoch met a non-finite value (on any process)."""
         loss = faults.corrupt("loss", self._epoch_number, loss, self.accelerator.process_index)
         if not bool(torch.isfinite(loss).all()):
-            self._flag("loss", f"the loss is {float(loss)}")
+            self._flag("loss", f"the loss is {float(loss.detach())}")
         if self._agreed_reason() is not None:
             return
         self.accelerator.backward(loss)
@@ -272,10 +272,10 @@ class Trainer:
         """
         epoch, process = self._epoch_number, self.accelerator.process_index
         images = self.model.decode(rollout.final)
-        faults.point("reward", epoch, process)
         count = len(rollout.prompts)
         failure = None
         try:
+            faults.point("reward", epoch, process)  # "raise" here stands for the reward function raising
             scores, _ = self.task.reward_fn(images, rollout.prompts, None)
             local = _reward_column(scores, count)
         except Exception as error:  # noqa: BLE001 - every failure is re-raised below, with context
