@@ -10,6 +10,7 @@ from typing import Union
 
 import torch
 
+from ._dispatch import fused_op
 from .noise import NoiseSeed, generate_noise
 
 
@@ -34,15 +35,5 @@ def noising_op(x0, t, noise, *, backend="torch"):
     seed, offset = (noise.seed, noise.offset) if isinstance(noise, NoiseSeed) else (0, 0)
     tensor_noise = None if isinstance(noise, NoiseSeed) else noise
     t32 = t.to(torch.float64 if x0.dtype == torch.float64 else torch.float32)
-    if backend in ("cpu", "cuda"):
-        from . import _cpp
-
-        _cpp.load()
-        op = torch.ops.elbo_kernels.noising
-    elif backend == "triton":
-        from ._triton import noising as _tri  # noqa: F401  (registers the op)
-
-        op = torch.ops.elbo_kernels.noising_triton
-    else:
-        raise ValueError(f"unknown backend {backend!r} for noising")
+    op = fused_op("noising", backend)
     return op(x0, t32, tensor_noise, int(k), int(seed), int(offset))

@@ -35,6 +35,7 @@ from typing import Optional, Union
 
 import torch
 
+from ._dispatch import fused_op
 from .noise import NoiseSeed, generate_noise
 
 SUM_NAMES = ("S1", "S2", "O1", "O2", "K2", "R1", "R2", "P1", "P2", "M1", "M2")
@@ -119,17 +120,7 @@ def residual_sums(
         return residual_sums_reference(v, x0, noise, v_old, v_ref, nft_beta)
     seed, offset = (noise.seed, noise.offset) if isinstance(noise, NoiseSeed) else (0, 0)
     tensor_noise = None if isinstance(noise, NoiseSeed) else noise
-    if backend in ("cpu", "cuda"):
-        from . import _cpp
-
-        _cpp.load()
-        op = torch.ops.elbo_kernels.residual_sums
-    elif backend == "triton":
-        from ._triton import residual_sums as _tri  # noqa: F401  (registers the op)
-
-        op = torch.ops.elbo_kernels.residual_sums_triton
-    else:
-        raise ValueError(f"unknown backend {backend!r} for residual_sums")
+    op = fused_op("residual_sums", backend)
     return op(v, x0, tensor_noise, v_old, v_ref, float(nft_beta), int(seed), int(offset))
 
 

@@ -24,6 +24,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from ._dispatch import fused_op
+
 COEF_NAMES = ("a_x", "a_v", "w", "c")
 
 
@@ -55,17 +57,7 @@ def sde_step_op(
     if backend == "torch":
         return sde_step_reference(v, x, x_prev, coef)
     coef = coef.to(_acc(v.dtype)).contiguous()
-    if backend in ("cpu", "cuda"):
-        from . import _cpp
-
-        _cpp.load()
-        op = torch.ops.elbo_kernels.sde_step
-    elif backend == "triton":
-        from ._triton import sde_step as _tri  # noqa: F401  (registers the op)
-
-        op = torch.ops.elbo_kernels.sde_step_triton
-    else:
-        raise ValueError(f"unknown backend {backend!r} for sde_step")
+    op = fused_op("sde_step", backend)
     return op(v, x, x_prev, coef)
 
 
