@@ -47,7 +47,7 @@ import torch  # noqa: E402
 
 from elbo_kernels.train import TrainConfig, Trainer  # noqa: E402
 from elbo_kernels.train import faults  # noqa: E402
-from elbo_kernels.train.checkpoint import checkpoint_dirs, is_complete, latest_checkpoint  # noqa: E402
+from elbo_kernels.train.checkpoint import is_complete, latest_checkpoint  # noqa: E402
 from elbo_kernels.train.task import Task  # noqa: E402
 
 EPOCHS = 4
