@@ -49,7 +49,7 @@ class TrainConfig:
     without_t5: bool = field(default=False, metadata={"help": "SD3: drop the T5-XXL text encoder"})
 
     # Rollouts (with the old policy).
-    epochs: int = field(default=60, metadata={"help": "number of epochs (rollout + update rounds)"})
+    epochs: int = field(default=80, metadata={"help": "number of epochs (rollout + update rounds)"})
     prompts_per_epoch: int = field(default=10, metadata={"help": "distinct prompts per epoch"})
     group_size: int = field(default=8, metadata={"help": "rollouts per prompt (the advantage group)"})
     sampler: str = field(default="ode", metadata={"help": "rollout sampler: ode | sde"})
@@ -68,7 +68,7 @@ class TrainConfig:
     objective: str = field(default="pepg", metadata={"help": "one of " + ", ".join(OBJECTIVES)})
     weighting: str = field(default="adaptive", metadata={"help": "simple | t | path_kl | adaptive"})
     kl: Optional[str] = field(default="girsanov", metadata={"help": "girsanov | kl1..kl3[_iw] | none"})
-    beta: float = field(default=0.03, metadata={"help": "KL weight"})
+    beta: float = field(default=0.05, metadata={"help": "KL weight"})
     clip_range: float = field(default=1e-3, metadata={"help": "grpo clip range"})
     adv_clip_max: float = field(default=5.0, metadata={"help": "advantage clamp (grpo, awm), nft scale"})
     nft_beta: float = field(default=1.0, metadata={"help": "DiffusionNFT blend g"})
@@ -87,6 +87,8 @@ class TrainConfig:
     ema_decay: float = field(default=0.5, metadata={"help": "EMA of the policy used for evaluation (0 = off)"})
     micro_batch: int = field(default=0, metadata={"help": "draws per forward/backward (0 = all at once)"})
     mixed_precision: str = field(default="no", metadata={"help": "accelerate mixed precision: no | fp16 | bf16"})
+    num_threads: int = field(default=1, metadata={"help": "intra-op CPU threads (0 = torch's default); the tiny "
+                             "DigitEval model's ops are too small to split, and more threads oversubscribe"})
 
     # Failures (docs/reliability.md).
     on_non_finite: str = field(default="skip", metadata={
@@ -133,7 +135,7 @@ class TrainConfig:
                     "keep_checkpoints", "max_consecutive_skips"):
             value = getattr(self, key)
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key, value, "an int >= 1")
-        for key in ("eval_every", "checkpoint_every", "micro_batch", "lora_rank", "seed"):
+        for key in ("eval_every", "checkpoint_every", "micro_batch", "lora_rank", "seed", "num_threads"):
             value = getattr(self, key)
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, key, value, "an int >= 0")
         for key in ("lr", "clip_range", "adv_clip_max", "nft_beta", "noise_level", "guidance_scale", "lora_alpha"):

@@ -66,6 +66,8 @@ class Trainer:
         self.config = config.validate()
         if task is None:
             require_known_reward(config.reward)
+        if config.num_threads > 0:
+            torch.set_num_threads(config.num_threads)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
         self.device = self.accelerator.device
         world = self.accelerator.num_processes
