@@ -93,8 +93,7 @@ def draws(b: int, k: int, sampler: str, noise: str, grid, shape, generator):
     from elbo_kernels.estimators import sample_noise, sample_timesteps
 
     if noise == "antithetic_paired_t":
-        # sample_timesteps has no pairing option: draw K/2 timesteps and use each for both draws of a pair.
-        t = sample_timesteps(b, k // 2, sampler=sampler, grid=grid, generator=generator).repeat_interleave(2, dim=1)
+        t = sample_timesteps(b, k, sampler=sampler, grid=grid, generator=generator, paired=True)
     else:
         t = sample_timesteps(b, k, sampler=sampler, grid=grid, generator=generator)
     mode = "iid" if noise == "iid" else "antithetic"

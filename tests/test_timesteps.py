@@ -52,3 +52,12 @@ def test_antithetic_noise_needs_even_draws():
 
 def test_iid_noise_is_seeded():
     assert torch.equal(ek.sample_noise((4, 3), 2, generator=1), ek.sample_noise((4, 3), 2, generator=1))
+
+
+def test_paired_timesteps_give_each_antithetic_pair_one_t():
+    t = ek.sample_timesteps(3, 6, sampler="uniform", generator=0, paired=True)
+    assert t.shape == (3, 6)
+    torch.testing.assert_close(t[:, 0::2], t[:, 1::2])
+    assert len(set(t[0].tolist())) == 3
+    with pytest.raises(ValueError, match="even"):
+        ek.sample_timesteps(1, 3, sampler="uniform", paired=True)

@@ -13,7 +13,8 @@ Noise options return eps [B*K, *S]:
 
     iid           independent N(0, I) per draw
     antithetic    draws in consecutive pairs (eps, -eps) within each sample's K draws
-                  (K must be even); cancels the odd-order error terms of the estimate
+                  (K must be even); with paired timesteps (``sample_timesteps(paired=True)``)
+                  the pair shares its t, which is what lets the odd-order terms cancel
 
 All take a ``torch.Generator`` (or a seed) so runs are reproducible.
 """
@@ -54,6 +55,7 @@ def sample_timesteps(
     logit_std: float = 1.0,
     generator: GeneratorLike = None,
     device=None,
+    paired: bool = False,
 ) -> torch.Tensor:
     """Timesteps t [B, K] for K draws per sample (module docstring lists the samplers).
 
@@ -64,6 +66,8 @@ def sample_timesteps(
         grid: for "grid", the rollout's sigma grid (any order; zeros are dropped); K must not
             exceed the number of positive grid values.
         t_min, t_max: bounds for the continuous samplers, 0 < t_min < t_max <= 1.
+        paired: draw K/2 timesteps and give each to two consecutive draws (K even), so that
+            antithetic noise pairs (eps, -eps) share their t and can cancel.
     Returns:
         float32 tensor [B, K] on ``device`` (grid's device for "grid").
     Raises:
@@ -76,6 +80,12 @@ def sample_timesteps(
     if not 0 < t_min < t_max <= 1:
         raise ValueError(f"t_min and t_max must satisfy 0 < t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
     b, k = batch_size, draws_per_sample
+    if paired:
+        if k % 2:
+            raise ValueError(f"paired timesteps need an even draws_per_sample, got {k}")
+        half = sample_timesteps(b, k // 2, sampler=sampler, grid=grid, t_min=t_min, t_max=t_max,
+                                logit_mean=logit_mean, logit_std=logit_std, generator=generator, device=device)
+        return half.repeat_interleave(2, dim=1)
     if sampler == "grid":
         if grid is None:
             raise ValueError("sampler 'grid' needs grid=<the rollout's sigma grid>")

@@ -72,7 +72,9 @@ def elbo_step(trainer, rollout: Rollout, advantages: torch.Tensor,
     shape = tuple(x0.shape[1:])
     grid = rollout.sigmas.cpu()
     t_all = torch.cat([
-        sample_timesteps(1, k, sampler=cfg.timestep_sampler, grid=grid, generator=g).reshape(-1) for g in generators
+        sample_timesteps(1, k, sampler=cfg.timestep_sampler, grid=grid, generator=g,
+                         paired=cfg.noise_mode == "antithetic").reshape(-1)
+        for g in generators
     ]).to(trainer.device, x0.dtype)
     eps_all = torch.cat([
         sample_noise((k,) + shape, k, mode=cfg.noise_mode, generator=g, dtype=x0.dtype) for g in generators

@@ -257,7 +257,8 @@ class Trainer:
             # The SDE's step noise is drawn for the whole block, keyed by its first sample.
             trajectory = sde_sample(velocity, x1, sigmas, noise_level=cfg.noise_level, sde_type=cfg.sde_type,
                                     generator=self.generator(epoch, "sde", samples.start), backend=cfg.backend)
-        return Rollout(prompts, trajectory.final, sigmas, trajectory)
+        # The ELBO estimator needs only the final sample: the trajectory is not kept.
+        return Rollout(prompts, trajectory.final, sigmas, trajectory if cfg.estimator == "trajectory" else None)
 
     def sigmas(self, num_steps: int) -> torch.Tensor:
         """The sampler grid: ``shift`` from the config, else the model's own (1 for digits, 3 for SD3)."""
