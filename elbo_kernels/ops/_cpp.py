@@ -276,20 +276,6 @@ def _sde_step_backward_fake(grad_log_prob, grad_prev_mean, v, x, x_prev, coef):
     return v.new_empty(v.shape)
 
 
-def _residual_sums_setup(ctx, inputs, output):
-    v, x0, noise, v_old, v_ref, nft_beta, seed, offset = inputs
-    ctx.save_for_backward(v, x0, noise, v_old, v_ref)
-    ctx.scalars = (nft_beta, seed, offset)
-
-
-def _residual_sums_grad(ctx, grad_sums):
-    v, x0, noise, v_old, v_ref = ctx.saved_tensors
-    grad_v = None
-    if ctx.needs_input_grad[0]:
-        grad_v = torch.ops.elbo_kernels.residual_sums_backward(grad_sums, v, x0, noise, v_old, v_ref, *ctx.scalars)
-    return grad_v, None, None, None, None, None, None, None
-
-
 def _noising_setup(ctx, inputs, output):
     x0, t, noise, draws_per_sample, seed, offset = inputs
     ctx.save_for_backward(x0, t, noise)
@@ -316,20 +302,6 @@ def _noising_grad(ctx, grad_x_t):
     return grad_x0, grad_t, grad_noise, None, None, None
 
 
-def _sde_step_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _sde_step_grad(ctx, grad_log_prob, grad_prev_mean):
-    v, x, x_prev, coef = ctx.saved_tensors
-    grad_v = None
-    if ctx.needs_input_grad[0]:
-        if grad_log_prob is None:
-            grad_log_prob = v.new_zeros((v.shape[0],), dtype=_acc(v.dtype))
-        grad_v = torch.ops.elbo_kernels.sde_step_backward(grad_log_prob, grad_prev_mean, v, x, x_prev, coef)
-    return grad_v, None, None, None
-
-
 def _register_python_impls() -> None:
     global _registered
     if _registered:
@@ -344,10 +316,11 @@ def _register_python_impls() -> None:
     }
     for name, fake in fakes.items():
         torch.library.register_fake(f"{NAMESPACE}::{name}", fake)
-    torch.library.register_autograd(
-        f"{NAMESPACE}::residual_sums", _residual_sums_grad, setup_context=_residual_sums_setup
-    )
-    torch.library.register_autograd(f"{NAMESPACE}::sde_step", _sde_step_grad, setup_context=_sde_step_setup)
+    from . import residual_sums, sde_step
+
+    ops = torch.ops.elbo_kernels
+    residual_sums.register_autograd(f"{NAMESPACE}::residual_sums", ops.residual_sums_backward)
+    sde_step.register_autograd(f"{NAMESPACE}::sde_step", ops.sde_step_backward)
     torch.library.register_autograd(f"{NAMESPACE}::noising", _noising_grad, setup_context=_noising_setup)
     _registered = True
 

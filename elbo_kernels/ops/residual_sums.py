@@ -153,3 +153,20 @@ def residual_sums_backward_reference(
         r_minus = (1 + beta) * r_old - beta * r
         grad = grad + col("P2") * (-2 * beta) * r_plus + col("M2") * (2 * beta) * r_minus
     return grad.reshape(v.shape).to(v.dtype)
+
+
+def register_autograd(op_name: str, backward_op) -> None:
+    """Gradient of a backend's residual-sums op ``op_name``: one call of its ``backward_op``, to v only
+    (v_old and v_ref are stop-gradient policies; x0 and eps are data)."""
+
+    def setup_context(ctx, inputs, output):
+        v, x0, noise, v_old, v_ref, nft_beta, seed, offset = inputs
+        ctx.save_for_backward(v, x0, noise, v_old, v_ref)
+        ctx.scalars = (nft_beta, seed, offset)
+
+    def backward(ctx, grad_sums):
+        v, x0, noise, v_old, v_ref = ctx.saved_tensors
+        grad_v = backward_op(grad_sums, v, x0, noise, v_old, v_ref, *ctx.scalars) if ctx.needs_input_grad[0] else None
+        return grad_v, None, None, None, None, None, None, None
+
+    torch.library.register_autograd(op_name, backward, setup_context=setup_context)

@@ -80,3 +80,21 @@ def sde_step_backward_reference(
     if grad_prev_mean is not None:
         g = g + grad_prev_mean.to(acc)
     return (a_v * g).to(v.dtype)
+
+
+def register_autograd(op_name: str, backward_op) -> None:
+    """Gradient of a backend's SDE-step op ``op_name`` (outputs log_prob, prev_mean): one call of
+    its ``backward_op``, to v only; either output's gradient may be absent."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, grad_log_prob, grad_prev_mean):
+        v, x, x_prev, coef = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        if grad_log_prob is None:
+            grad_log_prob = v.new_zeros((v.shape[0],), dtype=_acc(v.dtype))
+        return backward_op(grad_log_prob, grad_prev_mean, v, x, x_prev, coef), None, None, None
+
+    torch.library.register_autograd(op_name, backward, setup_context=setup_context)

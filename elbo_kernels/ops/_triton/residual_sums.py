@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import residual_sums as residual_sums_op
 from ..residual_sums import NUM_SUMS
 from . import _common
 
@@ -280,19 +281,4 @@ def _(grad_sums, v, x0, noise, v_old, v_ref, nft_beta, seed, offset):
     return torch.empty(v.shape, dtype=v.dtype, device=v.device)
 
 
-def _setup_context(ctx, inputs, output):
-    v, x0, noise, v_old, v_ref, nft_beta, seed, offset = inputs
-    ctx.save_for_backward(v, x0, noise, v_old, v_ref)
-    ctx.scalars = (nft_beta, seed, offset)
-
-
-def _backward(ctx, grad_sums):
-    v, x0, noise, v_old, v_ref = ctx.saved_tensors
-    grad_v = torch.ops.elbo_kernels.residual_sums_backward_triton(
-        grad_sums, v, x0, noise, v_old, v_ref, *ctx.scalars
-    )
-    # Gradients flow to v only (v_old, v_ref are stop-gradient; x0, eps are data).
-    return grad_v, None, None, None, None, None, None, None
-
-
-residual_sums_triton.register_autograd(_backward, setup_context=_setup_context)
+residual_sums_op.register_autograd("elbo_kernels::residual_sums_triton", residual_sums_backward_triton)

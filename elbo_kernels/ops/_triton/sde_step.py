@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import sde_step as sde_step_op
 from . import _common
 
 
@@ -168,17 +169,4 @@ def _(grad_log_prob, grad_prev_mean, v, x, x_prev, coef):
     return torch.empty(v.shape, dtype=v.dtype, device=v.device)
 
 
-def _setup_context(ctx, inputs, output):
-    v, x, x_prev, coef = inputs
-    ctx.save_for_backward(v, x, x_prev, coef)
-
-
-def _backward(ctx, grad_log_prob, grad_prev_mean):
-    v, x, x_prev, coef = ctx.saved_tensors
-    if grad_log_prob is None:
-        grad_log_prob = v.new_zeros((v.shape[0],), dtype=_common.acc_dtype(v.dtype))
-    grad_v = torch.ops.elbo_kernels.sde_step_backward_triton(grad_log_prob, grad_prev_mean, v, x, x_prev, coef)
-    return grad_v, None, None, None
-
-
-sde_step_triton.register_autograd(_backward, setup_context=_setup_context)
+sde_step_op.register_autograd("elbo_kernels::sde_step_triton", sde_step_backward_triton)
