@@ -19,9 +19,9 @@ becomes E_t~U(0,1) [ (1 - t) / t * ||u - v||^2 ], so for every x0
     log p_theta(x0) >= D * E_{t ~ U(0,1), eps}[ e_path_kl ] + C,
 
 with C independent of theta and of x0 (and equality when v is the exact velocity
-field of p_theta). The other weightings reweight t; "adaptive" normalises each
-draw's scale (the study's default). All rank models the same way in expectation
-only for path_kl; they are policy-gradient surrogates, not likelihoods.
+field of p_theta). The other weightings reweight t, so they are surrogates of
+log p_theta rather than bounds on it; "adaptive" also normalises each draw's
+scale (the study's default), which is what the policy objectives want.
 
 Everything an estimate needs from the [N, D] tensors is two row sums,
 S1 = sum |r| and S2 = sum r^2 (ops/residual_sums.py computes them fused); the
