@@ -338,7 +338,7 @@ class Trainer:
         keys = sorted(stats)
         values = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=self.device)
         mean = self.accelerator.reduce(values.clone(), reduction="mean")
-        peak = self.accelerator.reduce(values.clone(), reduction="max") if hasattr(self.accelerator, "reduce") else values
+        peak = self.accelerator.reduce(values.clone(), reduction="max")
         return {k: float(peak[i] if k == "ratio_max" else mean[i]) for i, k in enumerate(keys)}
 
     def _run(self, phase: str, fn, *args):
