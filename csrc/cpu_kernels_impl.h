@@ -68,20 +68,6 @@ inline void fill_normals(acc_t* buf, uint64_t seed, uint64_t counter, int64_t le
     buf[i] = static_cast<acc_t>(philox_normal(seed, counter + static_cast<uint64_t>(i)));
 }
 
-// Calls f(std::bool_constant<old>, <ref>, <nft>) with compile-time flags; nft implies old.
-template <typename F>
-inline void dispatch_presence(bool old, bool ref, bool nft, F&& f) {
-  using T = std::true_type;
-  using N = std::false_type;
-  if (nft) {
-    ref ? f(T{}, T{}, T{}) : f(T{}, N{}, T{});
-  } else if (old) {
-    ref ? f(T{}, T{}, N{}) : f(T{}, N{}, N{});
-  } else {
-    ref ? f(N{}, T{}, N{}) : f(N{}, N{}, N{});
-  }
-}
-
 // Calls f(eps_t{}, std::bool_constant<philox>) for the three noise sources:
 // a tensor in the inputs' dtype, a tensor in the accumulation dtype, or Philox
 // (eps regenerated per chunk into a stack buffer of acc_t).

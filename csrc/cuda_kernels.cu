@@ -125,20 +125,6 @@ __global__ void __launch_bounds__(kThreads) residual_sums_kernel(
   block_sum_store<kNumSums>(vals, partial + task * kNumSums);
 }
 
-// Calls f(std::bool_constant<old>, <ref>, <nft>); nft implies old.
-template <typename F>
-void dispatch_presence(bool old, bool ref, bool nft, F&& f) {
-  using T = std::true_type;
-  using N = std::false_type;
-  if (nft) {
-    ref ? f(T{}, T{}, T{}) : f(T{}, N{}, T{});
-  } else if (old) {
-    ref ? f(T{}, T{}, N{}) : f(T{}, N{}, N{});
-  } else {
-    ref ? f(N{}, T{}, N{}) : f(N{}, N{}, N{});
-  }
-}
-
 // Calls f(eps_t{}, std::bool_constant<philox>): noise in the inputs' dtype, in
 // the accumulation dtype, or regenerated from (seed, offset).
 template <typename scalar_t, typename F>

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define ELBO_HD __host__ __device__ __forceinline__
@@ -228,6 +229,22 @@ ELBO_HD acc_t sde_grad_factor(acc_t grad_log_prob, acc_t w, int64_t d) {
 template <typename acc_t>
 ELBO_HD acc_t sde_grad(acc_t a_v, acc_t q, acc_t x_prev, acc_t mean, acc_t grad_mean) {
   return a_v * (q * (x_prev - mean) + grad_mean);
+}
+
+// Host side, shared by the CPU and CUDA launchers: calls
+// f(std::bool_constant<old>, <ref>, <nft>) with compile-time presence flags of the
+// optional inputs (v_old, v_ref, the nft blends); nft implies old.
+template <typename F>
+inline void dispatch_presence(bool old, bool ref, bool nft, F&& f) {
+  using T = std::true_type;
+  using N = std::false_type;
+  if (nft) {
+    ref ? f(T{}, T{}, T{}) : f(T{}, N{}, T{});
+  } else if (old) {
+    ref ? f(T{}, T{}, N{}) : f(T{}, N{}, N{});
+  } else {
+    ref ? f(N{}, T{}, N{}) : f(N{}, N{}, N{});
+  }
 }
 
 }  // namespace elbo
