@@ -1,11 +1,10 @@
 """Specification of the FlowGRPO drop-ins (elbo_kernels.integrations.flow_grpo).
 
 Samples are built exactly as FlowGRPO's scripts/train_sd3.py builds them, from a real SDE
-rollout of a tiny random SD3 pipeline.
+rollout of a tiny random SD3 pipeline (tests/flowgrpo_reference.py). How the drop-in behaves
+inside FlowGRPO's script (CFG, evaluation at noise_level 0, its config, processes, autocast)
+is in tests/test_flow_grpo_script.py.
 """
-
-import math
-import types
 
 import numpy as np
 import pytest
@@ -16,64 +15,8 @@ import elbo_kernels as ek
 from elbo_kernels.integrations import flow_grpo as fg
 from elbo_kernels.models.sd3 import SD3Model, save_tiny_pipeline
 from elbo_kernels.rewards.simple import brightness
-
-NUM_STEPS = 5
-
-
-# ----------------------------------------------------------------------------- FlowGRPO's formulas, transcribed
-
-
-def flowgrpo_sde_step(scheduler, model_output, timestep, sample, noise_level, prev_sample=None, noise=None,
-                      sde_type="sde"):
-    """FlowGRPO's sde_step_with_logprob written out from its formula (float32 throughout)."""
-    model_output, sample = model_output.float(), sample.float()
-    index = [scheduler.index_for_timestep(t) for t in timestep]
-    view = (-1,) + (1,) * (sample.dim() - 1)
-    sigma = scheduler.sigmas[index].view(view)
-    sigma_prev = scheduler.sigmas[[i + 1 for i in index]].view(view)
-    sigma_max = scheduler.sigmas[1].item()
-    dt = sigma_prev - sigma
-    if sde_type == "sde":
-        std = torch.sqrt(sigma / (1 - torch.where(sigma == 1, sigma_max, sigma))) * noise_level
-        mean = (sample * (1 + std ** 2 / (2 * sigma) * dt)
-                + model_output * (1 + std ** 2 * (1 - sigma) / (2 * sigma)) * dt)
-        if prev_sample is None:
-            prev_sample = mean + std * torch.sqrt(-1 * dt) * noise
-        log_prob = (-((prev_sample - mean) ** 2) / (2 * (std * torch.sqrt(-1 * dt)) ** 2)
-                    - torch.log(std * torch.sqrt(-1 * dt)) - torch.log(torch.sqrt(torch.as_tensor(2 * math.pi))))
-    else:
-        std = sigma_prev * math.sin(noise_level * math.pi / 2)
-        mean = (sample - sigma * model_output) * (1 - sigma_prev) \
-            + (sample + model_output * (1 - sigma)) * torch.sqrt(sigma_prev ** 2 - std ** 2)
-        if prev_sample is None:
-            prev_sample = mean + std * noise
-        log_prob = -((prev_sample - mean) ** 2)
-    return prev_sample, log_prob.mean(dim=tuple(range(1, log_prob.dim()))), mean, std
-
-
-def flowgrpo_loss(log_prob, old_log_prob, advantages, mean, mean_ref, std, clip_range, adv_clip_max, beta):
-    """The loss block of FlowGRPO's timestep loop, transcribed."""
-    advantages = torch.clamp(advantages, -adv_clip_max, adv_clip_max)
-    ratio = torch.exp(log_prob - old_log_prob)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    policy_loss = torch.mean(torch.maximum(unclipped, clipped))
-    kl = torch.mean(((mean - mean_ref) ** 2).mean(dim=(1, 2, 3), keepdim=True) / (2 * std ** 2))
-    return {
-        "loss": policy_loss + beta * kl, "policy_loss": policy_loss, "kl_loss": kl,
-        "approx_kl": 0.5 * torch.mean((log_prob - old_log_prob) ** 2),
-        "clipfrac": torch.mean((torch.abs(ratio - 1.0) > clip_range).float()),
-        "clipfrac_gt_one": torch.mean((ratio - 1.0 > clip_range).float()),
-        "clipfrac_lt_one": torch.mean((1.0 - ratio > clip_range).float()),
-    }
-
-
-def flowgrpo_config(estimator="trajectory", **train):
-    # backend "torch": the pure-torch kernels (the C++ backend is exercised by its own tests and by
-    # test_sde_step_matches_flowgrpo_formula_on_every_step with "auto").
-    defaults = dict(cfg=False, beta=0.0, clip_range=1e-4, adv_clip_max=5.0, estimator=estimator, backend="torch")
-    return types.SimpleNamespace(train=types.SimpleNamespace(**{**defaults, **train}),
-                                 sample=types.SimpleNamespace(noise_level=0.7, guidance_scale=4.5))
+from flowgrpo_reference import (NUM_STEPS, flowgrpo_config, flowgrpo_loss, flowgrpo_sde_step, rollout,
+                                with_advantages)
 
 
 # ----------------------------------------------------------------------------- the SDE step
@@ -150,44 +93,6 @@ def model(tmp_path_factory):
 
 
 PROMPTS = ["a red cube", "a blue ball"]
-
-
-@torch.no_grad()
-def rollout(model, prompts, seed=0, noise_level=0.7):
-    """FlowGRPO's sampling block: SDE steps with log-probs, then its sample dict layout."""
-    pipeline, transformer = model.pipeline, model.transformer
-    pipeline.scheduler.set_timesteps(NUM_STEPS)
-    cond = model.encode_prompts(prompts)
-    embeds, pooled = cond["encoder_hidden_states"], cond["pooled_projections"]
-    b = len(prompts)
-    generator = torch.Generator().manual_seed(seed)
-    latents = torch.randn(b, *model.latent_shape, generator=generator)
-    all_latents, log_probs = [latents], []
-    for t in pipeline.scheduler.timesteps:
-        v = transformer(hidden_states=latents, timestep=t.expand(b), encoder_hidden_states=embeds,
-                        pooled_projections=pooled, return_dict=False)[0]
-        latents, log_prob, _, _ = fg.sde_step_with_logprob(pipeline.scheduler, v.float(), t.expand(b), latents.float(),
-                                                           noise_level=noise_level, generator=generator,
-                                                           backend="torch")
-        all_latents.append(latents)
-        log_probs.append(log_prob)
-    latents = torch.stack(all_latents, dim=1)  # (batch_size, num_steps + 1, 16, 8, 8)
-    images = model.decode(latents[:, -1])
-    return {
-        "prompt_embeds": embeds,
-        "pooled_prompt_embeds": pooled,
-        "timesteps": pipeline.scheduler.timesteps.repeat(b, 1),
-        "latents": latents[:, :-1],
-        "next_latents": latents[:, 1:],
-        "log_probs": torch.stack(log_probs, dim=1),
-    }, images
-
-
-def with_advantages(sample, prompts, rewards, tracker=None):
-    tracker = tracker or fg.PerPromptStatTracker()
-    rewards = np.repeat(np.asarray(rewards)[:, None], NUM_STEPS, axis=1)  # FlowGRPO's [B, T] rewards
-    sample["advantages"] = torch.as_tensor(tracker.update(prompts, rewards), dtype=torch.float32)
-    return sample
 
 
 def test_samples_have_flowgrpo_layout(model):

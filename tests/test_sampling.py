@@ -233,3 +233,35 @@ def test_cfg_combines_as_uncond_plus_scale_times_difference():
     guided = cfg_velocity(lambda x, t: 2 * x, lambda x, t: x, 4.5)
     torch.testing.assert_close(guided(x, t), x + 4.5 * (2 * x - x))
     torch.testing.assert_close(apply_guidance(2 * x, x, 0.0), x)
+
+
+def test_cfg_gradient_flows_through_the_conditional_branch_only():
+    """FlowGRPO's convention: d(guided)/d(theta) = scale * d(v_cond)/d(theta), the unconditional branch held fixed."""
+    theta = torch.tensor([0.7, -1.3], requires_grad=True)
+    x, t = torch.randn(3, 2), torch.ones(3)
+    guided = cfg_velocity(lambda x, t: theta * x, lambda x, t: theta.square() * x, 4.5)
+    (grad,) = torch.autograd.grad(guided(x, t).sum(), theta)
+    # by hand: guided = u + s (c - u), u held fixed => d/dtheta = s * dc/dtheta = s * sum_rows(x)
+    torch.testing.assert_close(grad, 4.5 * x.sum(0))
+
+
+def test_sde_rollout_at_noise_level_zero_takes_euler_steps():
+    """noise_level 0 is FlowGRPO's deterministic rollout: x_prev = x + dt v; "sde" log-probs are NaN as in FlowGRPO."""
+    sigmas = timestep_grid(4, shift=3.0)
+    x1 = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
+
+    def velocity(x, t):
+        return x * t.reshape(-1, 1, 1) - 0.5
+
+    for sde_type in ("sde", "cps"):
+        trajectory = sde_sample(velocity, x1, sigmas, noise_level=0.0, sde_type=sde_type, backend="torch")
+        x = x1
+        for j in range(4):
+            x = x + (sigmas[j + 1] - sigmas[j]) * velocity(x, sigmas[j].expand(2))
+            torch.testing.assert_close(trajectory.latents[:, j + 1], x, rtol=1e-6, atol=1e-6)
+        if sde_type == "sde":
+            assert bool(trajectory.log_probs.isnan().all())
+        else:  # cps keeps -mean (x_prev - prev_mean)^2, which is 0 on the step taken
+            torch.testing.assert_close(trajectory.log_probs, torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="noise_level must be finite and >= 0"):
+        sde_sample(velocity, x1, sigmas, noise_level=-0.1)

@@ -91,3 +91,21 @@ def test_full_fine_tuning_with_frozen_reference_copy(tmp_path):
     trainer.fit()
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.copies["reference"].parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.transformer.parameters()))
+
+
+def test_trajectory_training_with_cfg_takes_the_gradient_of_the_conditional_branch_only(tmp_path):
+    """FlowGRPO's CFG convention in the trainer: d(guided v)/d(theta) = scale * d(v_cond)/d(theta)."""
+    trainer = Trainer(small(tmp_path, "cfg", estimator="trajectory", sampler="sde", objective="grpo",
+                            guidance_scale=4.5))
+    with torch.no_grad():  # LoRA B starts at zero; move it so the adapter's gradient is not degenerate
+        for p in trainer.parameters:
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    prompts = [digits.prompt(d) for d in (3, 7)]
+    x = torch.randn(2, *trainer.model.latent_shape, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.8, 0.4])
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))  # a fixed upstream gradient
+    guided = torch.autograd.grad((trainer.guided_velocity(x, t, prompts) * w).sum(), trainer.parameters)
+    cond = trainer.velocity(x, t, trainer.model.encode_prompts(prompts))
+    expected = torch.autograd.grad((4.5 * cond * w).sum(), trainer.parameters)
+    for a, b in zip(guided, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -78,3 +78,24 @@ def test_sigma_prev_must_be_below_sigma():
     v, x, x_prev, sigma, _ = step_inputs()
     with pytest.raises(ValueError, match="sigma_prev"):
         ek.sde_step_log_prob(v, x, x_prev, sigma, sigma + 0.01, backend="torch")
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("sde_type", ["sde", "cps"])
+def test_noise_level_zero_is_the_deterministic_euler_step(sde_type, backend):
+    """FlowGRPO's evaluation step: prev_mean = x + dt v and std 0; "sde" has no density (NaN, as FlowGRPO's 0/0)."""
+    v0, x, x_prev, sigma, sigma_prev = step_inputs(sigma_one=True)
+    v = v0.clone().requires_grad_()
+    log_prob, prev_mean, std = ek.sde_step_log_prob(v, x, x_prev, sigma, sigma_prev, noise_level=0.0,
+                                                    sde_type=sde_type, sigma_max=0.96, backend=backend)
+    dt = (sigma_prev - sigma).reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(prev_mean, x + dt * v0, rtol=1e-12, atol=1e-12)
+    assert float(std.abs().max()) == 0.0
+    if sde_type == "sde":
+        assert bool(log_prob.isnan().all())
+    else:
+        ref_lp, _, _ = flowgrpo_sde_step(v0, x, x_prev, sigma, sigma_prev, 0.0, sde_type, 0.96)
+        torch.testing.assert_close(log_prob, ref_lp, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(v0.shape, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((prev_mean * weights).sum(), v)
+    torch.testing.assert_close(grad, dt.expand_as(weights) * weights, rtol=1e-12, atol=1e-12)

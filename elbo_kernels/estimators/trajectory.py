@@ -16,6 +16,12 @@ One step goes from sigma to sigma_prev < sigma (dt = sigma_prev - sigma < 0).
 
 Both are "affine mean + Gaussian log-density" with per-row scalars, so one fused
 kernel (ops/sde_step.py) runs either; this module turns sigmas into its scalars.
+
+noise_level = 0 is the deterministic step, as in FlowGRPO (which evaluates with
+it): std = 0 and prev_mean = x + dt v, the Euler step of the probability-flow ODE,
+for both variants. A point mass has no density, so "sde" returns a NaN log_prob
+there, exactly what FlowGRPO's formula gives (0 / 0); "cps", whose log_prob has no
+1 / std^2 factor, stays finite (-mean_D (x_prev - prev_mean)^2).
 """
 
 from __future__ import annotations
@@ -66,8 +72,11 @@ def sde_step_coefficients(
         a_x = 1 + std.square() * dt / (2 * s)
         a_v = (1 + std.square() * (1 - s) / (2 * s)) * dt
         step_std = std * torch.sqrt(-dt)
-        w = 1 / (2 * step_std.square())
-        c = -torch.log(step_std) - 0.5 * math.log(2 * math.pi)
+        if noise_level == 0:  # the deterministic step: no density (sde_step_log_prob returns NaN)
+            w, c = torch.zeros_like(s), torch.zeros_like(s)
+        else:
+            w = 1 / (2 * step_std.square())
+            c = -torch.log(step_std) - 0.5 * math.log(2 * math.pi)
     else:
         std = sp * math.sin(noise_level * math.pi / 2)
         root = torch.sqrt(sp.square() - std.square())
@@ -98,13 +107,15 @@ def sde_step_log_prob(
         x: the current latent x_sigma, [N, *S], dtype and device of v.
         x_prev: the next latent x_{sigma_prev} actually taken, [N, *S].
         sigma, sigma_prev: [N] tensors (or floats) with 0 <= sigma_prev < sigma <= 1.
-        noise_level: FlowGRPO's eta (> 0).
+        noise_level: FlowGRPO's eta (>= 0; 0 is the deterministic Euler step, module docstring).
         sde_type: "sde" or "cps".
         sigma_max: substitute for sigma in 1 - sigma where sigma == 1 ("sde" only; FlowGRPO uses sigmas[1]).
         backend: "auto", "torch", "cpu", "cuda" or "triton".
     Returns:
         (log_prob [N] float32 (float64 for float64 inputs), prev_mean [N, *S] in the same
         precision, std [N] FlowGRPO's std_dev_t). Gradients flow to v (through log_prob and prev_mean).
+        With noise_level = 0 and "sde", log_prob is NaN (no density; as FlowGRPO) and carries no
+        gradient; prev_mean still does.
     Raises:
         TypeError / ValueError naming the argument for mismatched shapes, dtypes or devices,
         non-finite inputs, sigmas out of range, or an unknown sde_type / backend.
@@ -112,7 +123,7 @@ def sde_step_log_prob(
     check_tensor("v", v)
     check_same_layout("v", v, x=x, x_prev=x_prev)
     check_choice("sde_type", sde_type, SDE_TYPES)
-    check_positive("noise_level", noise_level)
+    check_positive("noise_level", noise_level, allow_zero=True)
     n = v.shape[0]
     sigma = check_per_draw("sigma", sigma, n, v.device)
     sigma_prev = check_per_draw("sigma_prev", sigma_prev, n, v.device)
@@ -131,4 +142,6 @@ def sde_step_log_prob(
     backend = resolve_backend(backend, v.device)
     log_prob, prev_mean = sde_step_op(v, x, x_prev, coef.to(acc), backend=backend)
     check_finite_through(log_prob, "the step log-probability", v=v, x=x, x_prev=x_prev)
+    if noise_level == 0 and sde_type == "sde":
+        log_prob = torch.full_like(log_prob, float("nan"))
     return log_prob, prev_mean, std.to(acc)

@@ -29,7 +29,29 @@ by default), so rollouts may use any sampler.
 
 In ELBO mode ``compute_log_prob`` returns (x0, e_theta, x0_hat, t): FlowGRPO's KL line,
 mean((mean - mean_ref)^2) / (2 std^2), then evaluates to 0.5 * mean((v - v_ref)^2), half
-the Girsanov KL of DESIGN.md section 2.
+the Girsanov KL term of the library's policy loss (elbo_kernels/objectives/).
+
+Classifier-free guidance (``config.train.cfg``, on in every FlowGRPO SD3 config):
+
+- trajectory mode: v = v_uncond + g (v_text - v_uncond) with the unconditional branch a
+  stop-gradient, as in FlowGRPO, so the policy gradient is g * d(v_text). One forward of
+  cat([negative, positive]).
+- ELBO mode: the ELBO is taken on the conditional velocity v_text alone, whatever
+  ``config.train.cfg`` says; only the positive half of cat([negative, positive]) embeds is
+  used. The policy being trained is the conditional model: the study trains its ELBO recipe
+  without CFG, the guided velocity is no model's velocity of any distribution (at g = 4.5 its
+  residual is dominated by g (v_text - v_uncond), which no data term explains), and it costs
+  half the transformer rows. Rollouts may still sample with CFG.
+
+Config keys read (all optional; FlowGRPO's own keys keep their meaning):
+
+    train.estimator     "trajectory" (default) | "elbo"
+    train.objective     "grpo" (default: FlowGRPO's PPO clip) or any ratio objective ("pepg", ...)
+    train.weighting     "adaptive" (default) | "simple" | "t" | "path_kl"   (ELBO mode)
+    train.backend       "auto" (default) | "torch" | "cpu" | "cuda" | "triton"
+    train.cfg, train.beta, train.clip_range (1e-4), train.adv_clip_max (5.0),
+    train.timestep_fraction (1.0), sample.num_steps, sample.noise_level (0.7),
+    sample.sde_type ("sde"), sample.guidance_scale (1.0)
 """
 
 from __future__ import annotations
@@ -45,6 +67,7 @@ from ..estimators import elbo as _elbo
 from ..estimators import noising, sde_step_coefficients, sde_step_log_prob
 from ..objectives import log_prob_policy_loss
 from ..ops.noise import NoiseSeed, generate_noise
+from ..sampling.guidance import apply_guidance
 
 ESTIMATORS = ("trajectory", "elbo")
 SEED_KEY = "elbo_seeds"
@@ -64,11 +87,29 @@ def _option(config, path: str, default):
     return default if node is None else node
 
 
-def _estimator(config) -> str:
-    estimator = _option(config, "train.estimator", "trajectory")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"config.train.estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    return estimator
+def estimator(config) -> str:
+    """``config.train.estimator``, "trajectory" when the key is absent (FlowGRPO's configs lack it).
+
+    Use it in the training script instead of reading the key, which ml_collections refuses
+    with an AttributeError when it was never added: ``if estimator(config) == "elbo": ...``.
+
+    Raises:
+        ValueError: a value other than "trajectory" or "elbo".
+    """
+    value = _option(config, "train.estimator", "trajectory")
+    if value not in ESTIMATORS:
+        raise ValueError(f"config.train.estimator must be one of {ESTIMATORS}, got {value!r}")
+    return value
+
+
+def train_timesteps(config, num_steps: int) -> int:
+    """FlowGRPO's number of trained timesteps, int(sample.num_steps * train.timestep_fraction)."""
+    fraction = float(_option(config, "train.timestep_fraction", 1.0))
+    steps = int(_option(config, "sample.num_steps", num_steps) * fraction)
+    if not 1 <= steps <= num_steps:
+        raise ValueError(f"config.sample.num_steps * config.train.timestep_fraction must give between 1 and "
+                         f"{num_steps} trained timesteps (the sample's T), got {steps}")
+    return steps
 
 
 # --- the SDE step -------------------------------------------------------------------------------------
@@ -92,10 +133,14 @@ def sde_step_with_logprob(
         model_output: velocity [B, *S] (any float dtype; computed in float32).
         timestep: [B] scheduler timesteps (or one value, 0-d or [1], for the whole batch).
         sample: x at ``timestep`` [B, *S].
-        noise_level: eta (> 0).
+        noise_level: eta (>= 0). 0 is FlowGRPO's deterministic step, which its evaluation uses:
+            prev_sample = prev_sample_mean = sample + dt * model_output (Euler), std_dev_t = 0,
+            and log_prob NaN for "sde" (no density; FlowGRPO's formula gives 0 / 0 there too).
+            The noise is still drawn, so ``generator`` advances as in FlowGRPO.
         prev_sample: the next latent [B, *S]; None draws it (prev_mean + step std * N(0, I) from
             ``generator``, a torch.Generator or a list of B, as diffusers' ``randn_tensor`` takes).
-        sde_type: "sde" (default) or "cps".
+        sde_type: "sde" (default) or "cps". Not in FlowGRPO's SD3 function at commit ac4c86e
+            (later FlowGRPO versions add it); FlowGRPO's callers never pass it.
         backend: kernel backend ("auto", "torch", "cpu", "cuda", "triton").
     Returns:
         (prev_sample [B, *S] float32, log_prob [B] float32 (mean over the latent), prev_sample_mean
@@ -139,22 +184,30 @@ def sde_step_with_logprob(
 
 # --- transformer calls ----------------------------------------------------------------------------------
 def _velocity(transformer, latents: torch.Tensor, timesteps: torch.Tensor, embeds, pooled_embeds, config):
-    """The transformer's velocity as FlowGRPO's compute_log_prob calls it (CFG when config.train.cfg)."""
+    """The transformer's velocity as FlowGRPO's compute_log_prob calls it.
+
+    With config.train.cfg, embeds = cat([negative, positive]) and one forward of both halves;
+    the unconditional branch is a stop-gradient (FlowGRPO's convention), so the gradient is
+    guidance_scale * d(v_text).
+    """
     if _option(config, "train.cfg", False):
-        # FlowGRPO passes embeds = cat([negative, positive]) for CFG.
         out = transformer(hidden_states=torch.cat([latents] * 2), timestep=torch.cat([timesteps] * 2),
                           encoder_hidden_states=embeds, pooled_projections=pooled_embeds, return_dict=False)[0]
         uncond, text = out.chunk(2)
-        return uncond + _option(config, "sample.guidance_scale", 1.0) * (text - uncond)
+        return apply_guidance(text, uncond.detach(), _option(config, "sample.guidance_scale", 1.0))
     return transformer(hidden_states=latents, timestep=timesteps, encoder_hidden_states=embeds,
                        pooled_projections=pooled_embeds, return_dict=False)[0]
 
 
-def _repeat_embeds(embeds: torch.Tensor, k: int, cfg: bool) -> torch.Tensor:
-    if not cfg:
-        return embeds.repeat_interleave(k, dim=0)
-    negative, positive = embeds.chunk(2)
-    return torch.cat([negative.repeat_interleave(k, dim=0), positive.repeat_interleave(k, dim=0)])
+def _conditional(name: str, embeds: torch.Tensor, batch: int, config) -> torch.Tensor:
+    """The positive prompt embeddings [B, ...]: embeds itself, or the positive half of FlowGRPO's
+    cat([negative, positive]) when config.train.cfg is set (the ELBO takes no guidance)."""
+    if embeds.shape[0] == batch:
+        return embeds
+    if embeds.shape[0] == 2 * batch and _option(config, "train.cfg", False):
+        return embeds[batch:]
+    raise ValueError(f"{name} must have B = {batch} rows, or 2B = {2 * batch} as cat([negative, positive]) with "
+                     f"config.train.cfg, got {embeds.shape[0]}")
 
 
 # --- ELBO draws -------------------------------------------------------------------------------------------
@@ -196,9 +249,12 @@ def compute_elbo(transformer, pipeline, sample: Dict[str, torch.Tensor], embeds:
                  micro_batch: int = 0, return_x0_hat: bool = False):
     """ELBO estimates of the final latents at K draws per sample, in one transformer forward.
 
+    The velocity is the conditional one (no CFG; module docstring), so each draw is one row.
+
     Args:
         transformer, pipeline, sample, embeds, pooled_embeds, config: as FlowGRPO's compute_log_prob
-            (embeds [B, ...], or [2B, ...] = cat([negative, positive]) with config.train.cfg).
+            (embeds [B, ...], or [2B, ...] = cat([negative, positive]) with config.train.cfg, of
+            which the positive half is used).
         columns: the j's to evaluate (default: all T timesteps of the sample).
         micro_batch: rows per forward (0 = all B * K rows in one forward).
         return_x0_hat: also return x0_hat = x_t - t v [B, K, *S].
@@ -206,7 +262,7 @@ def compute_elbo(transformer, pipeline, sample: Dict[str, torch.Tensor], embeds:
         e [B, K] float32 (differentiable when called with grad), plus x0_hat when asked.
         Weighting: config.train.weighting (default "adaptive").
     Raises:
-        KeyError: "elbo_seeds" missing. ValueError: bad weighting / micro_batch.
+        KeyError: "elbo_seeds" missing. ValueError: bad weighting / micro_batch / embeds rows.
     """
     x0 = sample["next_latents"][:, -1]
     b = x0.shape[0]
@@ -218,9 +274,8 @@ def compute_elbo(transformer, pipeline, sample: Dict[str, torch.Tensor], embeds:
     t = t.reshape(-1)
     x0_float = x0.float()
     x_t = noising(x0_float, t, eps, backend=backend)
-    cfg = bool(_option(config, "train.cfg", False))
-    hidden = _repeat_embeds(embeds, k, cfg)
-    pooled = _repeat_embeds(pooled_embeds, k, cfg)
+    hidden = _conditional("embeds", embeds, b, config).repeat_interleave(k, dim=0)
+    pooled = _conditional("pooled_embeds", pooled_embeds, b, config).repeat_interleave(k, dim=0)
     if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 0:
         raise ValueError(f"micro_batch must be an int >= 0, got {micro_batch!r}")
     step = micro_batch or b * k
@@ -228,13 +283,9 @@ def compute_elbo(transformer, pipeline, sample: Dict[str, torch.Tensor], embeds:
     velocities = []
     for lo in range(0, b * k, step):
         rows = slice(lo, min(lo + step, b * k))
-        if cfg:
-            n = b * k
-            hid = torch.cat([hidden[:n][rows], hidden[n:][rows]])
-            pool = torch.cat([pooled[:n][rows], pooled[n:][rows]])
-        else:
-            hid, pool = hidden[rows], pooled[rows]
-        velocities.append(_velocity(transformer, x_t[rows].to(dtype), (t[rows] * scale).to(dtype), hid, pool, config))
+        velocities.append(transformer(hidden_states=x_t[rows].to(dtype), timestep=(t[rows] * scale).to(dtype),
+                                      encoder_hidden_states=hidden[rows], pooled_projections=pooled[rows],
+                                      return_dict=False)[0])
     v = torch.cat(velocities).float()
     e = _elbo(v, x0_float, eps, t, weighting=_option(config, "train.weighting", "adaptive"), backend=backend)
     if return_x0_hat:
@@ -251,32 +302,33 @@ def prepare_elbo_samples(transformer, pipeline, samples: Dict[str, torch.Tensor]
                          drop_trajectory: bool = True) -> Dict[str, torch.Tensor]:
     """ELBO mode, once per epoch after sampling: per-sample seeds and the old policy's ELBOs.
 
-    Adds ``samples["elbo_seeds"]`` [B] int64, overwrites ``samples["log_probs"]`` [B, T] with the
-    behaviour policy's ELBO at each (sample, j) draw (the transformer as it is now, i.e. the policy
-    that just sampled), and with ``drop_trajectory`` replaces "latents" / "next_latents" by the
-    final latent only ("next_latents" [B, 1, *S]), freeing the trajectory.
+    Adds ``samples["elbo_seeds"]`` [B] int64, overwrites ``samples["log_probs"]`` with the
+    behaviour policy's ELBO at each (sample, j) draw for the trained timesteps j < K =
+    int(sample.num_steps * train.timestep_fraction) ([B, K]; the transformer as it is now, i.e.
+    the policy that just sampled), and with ``drop_trajectory`` replaces "latents" /
+    "next_latents" by the final latent only ("next_latents" [B, 1, *S]), freeing the trajectory.
+    Needs nothing beyond the sample dict and config, with or without config.train.cfg.
 
     Args:
+        transformer: the (possibly DDP-wrapped) transformer, as FlowGRPO's compute_log_prob takes it.
         samples: FlowGRPO's collated sample dict (module docstring).
         seed: seed of the per-sample seeds (None: drawn from torch's global generator).
-        embeds, pooled_embeds: default samples["prompt_embeds"] / ["pooled_prompt_embeds"];
-            required (as cat([negative, positive])) when config.train.cfg is set.
-        micro_batch: rows per transformer forward (0 = all B * T at once).
+        embeds, pooled_embeds: default samples["prompt_embeds"] / ["pooled_prompt_embeds"]
+            (cat([negative, positive]) is accepted with config.train.cfg; its positive half is used).
+        micro_batch: rows per transformer forward (0 = all B * K at once).
     Returns:
         samples (the same dict, modified).
     Raises:
-        ValueError: config.train.cfg set without embeds.
+        ValueError: bad timestep_fraction, embeds rows or micro_batch.
     """
-    if _option(config, "train.cfg", False) and embeds is None:
-        raise ValueError("config.train.cfg is set: pass embeds / pooled_embeds as cat([negative, positive]) "
-                         "as for compute_log_prob")
-    b = samples["timesteps"].shape[0]
+    b, steps = samples["timesteps"].shape
+    columns = range(train_timesteps(config, steps))
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     device = samples["timesteps"].device
     samples[SEED_KEY] = torch.randint(0, 2**62, (b,), generator=generator, dtype=torch.int64).to(device)
     embeds = samples["prompt_embeds"] if embeds is None else embeds
     pooled_embeds = samples["pooled_prompt_embeds"] if pooled_embeds is None else pooled_embeds
-    samples["log_probs"] = compute_elbo(transformer, pipeline, samples, embeds, pooled_embeds, config,
+    samples["log_probs"] = compute_elbo(transformer, pipeline, samples, embeds, pooled_embeds, config, columns,
                                         micro_batch=micro_batch).float()
     if drop_trajectory:
         samples.pop("latents", None)
@@ -296,13 +348,17 @@ def compute_log_prob(transformer, pipeline, sample: Dict[str, torch.Tensor], j: 
     config.train.estimator = "elbo": the ELBO of sample["next_latents"][:, -1] at draw j (module
     docstring; needs :func:`prepare_elbo_samples`). Returns (x0, e_theta [B], x0_hat, t [B, 1, 1, 1]).
 
+    With config.train.cfg, embeds / pooled_embeds are FlowGRPO's cat([negative, positive]):
+    trajectory mode guides with the unconditional branch detached (as FlowGRPO); ELBO mode uses
+    the positive half only (module docstring).
+
     Also read: config.sample.noise_level, config.sample.sde_type ("sde"), config.train.cfg,
     config.sample.guidance_scale, config.train.weighting ("adaptive"), config.train.backend ("auto").
     Raises:
         ValueError: unknown estimator. KeyError: ELBO mode without "elbo_seeds".
     """
     backend = _option(config, "train.backend", "auto")
-    if _estimator(config) == "trajectory":
+    if estimator(config) == "trajectory":
         v = _velocity(transformer, sample["latents"][:, j], sample["timesteps"][:, j], embeds, pooled_embeds, config)
         return sde_step_with_logprob(
             pipeline.scheduler, v.float(), sample["timesteps"][:, j], sample["latents"][:, j].float(),
@@ -403,6 +459,8 @@ class PerPromptStatTracker(_Tracker):
 
 __all__ = [
     "ESTIMATORS",
+    "estimator",
+    "train_timesteps",
     "PerPromptStatTracker",
     "compute_elbo",
     "compute_log_prob",

@@ -23,6 +23,10 @@ def cfg_velocity(
     step, no unconditional pass. Otherwise each call evaluates both functions
     on the same (x, t) and combines them with :func:`apply_guidance`.
 
+    The unconditional branch is a stop-gradient, as in FlowGRPO's training: it is
+    evaluated under ``torch.no_grad()`` (no activations kept), so a policy gradient
+    through the guided velocity is guidance_scale * d(v_cond) only.
+
     Raises:
         TypeError: a velocity function is not callable.
     """
@@ -34,6 +38,9 @@ def cfg_velocity(
         raise TypeError(f"velocity_fn_uncond must be callable, got {type(velocity_fn_uncond).__name__}")
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return apply_guidance(velocity_fn_cond(x, t), velocity_fn_uncond(x, t), guidance_scale)
+        v_cond = velocity_fn_cond(x, t)
+        with torch.no_grad():
+            v_uncond = velocity_fn_uncond(x, t)
+        return apply_guidance(v_cond, v_uncond, guidance_scale)
 
     return guided

@@ -9,7 +9,10 @@ with prev_mean = a_x x + a_v v and step_std from
 step_std = std_dev * sqrt(-dt); "cps": step_std = std_dev), and records
 log pi(x_prev | x) from :func:`~elbo_kernels.estimators.trajectory.sde_step_log_prob`
 evaluated on the step actually taken. As in FlowGRPO, the last step to
-sigma = 0 is stochastic too for "sde" (for "cps" its std is 0).
+sigma = 0 is stochastic too for "sde" (for "cps" its std is 0). noise_level = 0
+gives FlowGRPO's deterministic rollout (Euler steps of the ODE; the step noise is
+still drawn, so the generator advances as at any other noise level), with NaN
+log-probabilities for "sde" (a point mass has no density).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .._validation import check_positive
 from .schedules import check_sigmas
 
 SDE_TYPES = ("sde", "cps")
@@ -58,7 +62,7 @@ def sde_sample(
         velocity_fn: v(x, t), x [N, *S], t [N]; returns [N, *S].
         x1: starting noise [N, *S] at sigmas[0].
         sigmas: strictly decreasing [T + 1] grid in [0, 1].
-        noise_level: FlowGRPO's eta (> 0).
+        noise_level: FlowGRPO's eta (>= 0; 0 = deterministic, see the module docstring).
         sde_type: "sde" or "cps".
         generator: torch.Generator on x1's device for the step noise (None: global RNG).
         sigma_max: substitute for sigma in 1 - sigma at sigma == 1 ("sde"); default
@@ -73,8 +77,7 @@ def sde_sample(
 
     if sde_type not in SDE_TYPES:
         raise ValueError(f"sde_type must be one of {SDE_TYPES}, got {sde_type!r}")
-    if not noise_level > 0:
-        raise ValueError(f"noise_level must be > 0, got {noise_level!r}")
+    check_positive("noise_level", noise_level, allow_zero=True)
     if not isinstance(x1, torch.Tensor) or not x1.is_floating_point():
         raise TypeError(f"x1 must be a floating torch.Tensor, got {type(x1).__name__}")
     check_sigmas(sigmas)
