@@ -156,10 +156,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="one shape, fp32, few repeats")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/kernels_<device>.json)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="batch sizes N (default 8 16 32 64)")
+    parser.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
     device = args.device
-    sizes = [32] if args.quick else [8, 16, 32, 64]
-    dtypes = [torch.float32] if args.quick else [torch.float32, torch.bfloat16]
+    sizes = args.sizes or ([32] if args.quick else [8, 16, 32, 64])
+    dtypes = [getattr(torch, d) for d in args.dtypes] if args.dtypes else (
+        [torch.float32] if args.quick else [torch.float32, torch.bfloat16])
     repeats = args.repeats or (3 if args.quick else 7)
     bandwidth = copy_bandwidth(device)
     machine = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or platform.machine()}, " \
