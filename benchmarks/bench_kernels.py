@@ -158,6 +158,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/kernels_<device>.json)")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="batch sizes N (default 8 16 32 64)")
     parser.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="only these of eager, compiled and the fused backends (default: all usable)")
     args = parser.parse_args(argv)
     device = args.device
     sizes = args.sizes or ([32] if args.quick else [8, 16, 32, 64])
@@ -176,7 +178,7 @@ def main(argv=None) -> dict:
                 m = n * LATENT[0] * LATENT[1] * LATENT[2]
                 floor_bytes = bytes_fn(m, inp["v"].element_size())
                 floor_seconds = floor_bytes / bandwidth
-                for variant in variants(device):
+                for variant in [v for v in variants(device) if not args.variants or v in args.variants]:
                     result = run_variant(op, variant, inp, device, repeats)
                     row = {
                         "op": op, "dtype": str(dtype).removeprefix("torch."), "shape": [n, *LATENT],
