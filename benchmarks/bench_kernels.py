@@ -156,10 +156,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="one shape, fp32, few repeats")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/kernels_<device>.json)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="batch sizes N (default 8 16 32 64)")
+    parser.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="only these of eager, compiled and the fused backends (default: all usable)")
     args = parser.parse_args(argv)
     device = args.device
-    sizes = [32] if args.quick else [8, 16, 32, 64]
-    dtypes = [torch.float32] if args.quick else [torch.float32, torch.bfloat16]
+    sizes = args.sizes or ([32] if args.quick else [8, 16, 32, 64])
+    dtypes = [getattr(torch, d) for d in args.dtypes] if args.dtypes else (
+        [torch.float32] if args.quick else [torch.float32, torch.bfloat16])
     repeats = args.repeats or (3 if args.quick else 7)
     bandwidth = copy_bandwidth(device)
     machine = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or platform.machine()}, " \
@@ -173,7 +178,7 @@ def main(argv=None) -> dict:
                 m = n * LATENT[0] * LATENT[1] * LATENT[2]
                 floor_bytes = bytes_fn(m, inp["v"].element_size())
                 floor_seconds = floor_bytes / bandwidth
-                for variant in variants(device):
+                for variant in [v for v in variants(device) if not args.variants or v in args.variants]:
                     result = run_variant(op, variant, inp, device, repeats)
                     row = {
                         "op": op, "dtype": str(dtype).removeprefix("torch."), "shape": [n, *LATENT],

@@ -12,7 +12,13 @@
 //
 // Inputs are read in their dtype (fp16 / bf16 / fp32 / fp64) and converted to
 // acc_t; outputs follow the Python references (sums / log_prob / prev_mean in
-// acc dtype, gradients and x_t in the input dtype).
+// acc dtype, gradients and x_t in the input dtype). 16-bit inputs are loaded one
+// element (2 bytes) a thread; a warp still reads 64 contiguous bytes at a time.
+// Wider vector loads are left until a GPU run measures whether they pay.
+//
+// Built with --fmad=false (elbo_kernels/ops/_cpp.py): no multiply-add is
+// contracted, so the per-element arithmetic rounds as the CPU kernels
+// (-ffp-contract=off) and torch eager do.
 //
 // Only c10/cuda headers are used (not ATen/cuda/CUDAContext.h, which pulls in
 // cuBLAS / cuSPARSE headers), so this file also compiles against a CPU-only

@@ -240,3 +240,52 @@ def test_empty_batch_gives_empty_outputs():
     v, x0 = torch.empty(0, 3), torch.empty(1, 3)
     assert ops.residual_sums(v, x0, None, None, None, 0.0, 0, 0).shape == (0, NUM_SUMS)
     assert ops.generate_noise(v, 0, 0).shape == (0, 3)
+
+
+# ---------------------------------------------------------------- CUDA toolkit discovery and build failures
+
+
+def _fake_toolkit(root):
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "nvcc").write_text("#!/bin/sh\n")
+    (root / "lib64").mkdir()
+    (root / "lib64" / "libcudart.so").write_text("")
+    return root
+
+
+def test_cuda_home_follows_an_nvcc_wrapper_script_to_its_toolkit(tmp_path, monkeypatch):
+    """An nvcc on PATH that is a wrapper outside the toolkit (torch's guess then fails with -lcudart)."""
+    toolkit = _fake_toolkit(tmp_path / "cuda-13.0")
+    wrappers = tmp_path / "wrappers"
+    wrappers.mkdir()
+    nvcc = wrappers / "nvcc"
+    nvcc.write_text(f'#!/bin/sh\nexec {toolkit}/bin/nvcc "$@"\n')
+    nvcc.chmod(0o755)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(wrappers))
+    home, where = _cpp.cuda_home()
+    assert home == str(toolkit) and str(nvcc) in where
+
+
+def test_cuda_home_takes_the_environment_variable_as_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "somewhere"))
+    assert _cpp.cuda_home() == (str(tmp_path / "somewhere"), "$CUDA_HOME")
+
+
+@pytest.mark.parametrize("output,fix", [
+    ("/usr/bin/ld: cannot find -lcudart: No such file or directory", "set CUDA_HOME"),
+    ("IndexError: list index out of range", "TORCH_CUDA_ARCH_LIST"),
+    ("nvcc fatal   : Unsupported gpu architecture 'compute_120'", "TORCH_CUDA_ARCH_LIST"),
+])
+def test_cuda_build_failures_are_explained_with_their_fix(output, fix):
+    assert fix in _cpp.explain_cuda_build_failure(output, "/usr/local")
+
+
+def test_cuda_build_env_defaults_the_arch_list_without_a_gpu_and_restores_it(monkeypatch):
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with _cpp._cuda_build_env() as env:
+        assert os.environ["TORCH_CUDA_ARCH_LIST"] == "8.0;9.0"
+        assert any("TORCH_CUDA_ARCH_LIST" in note for note in env.notes)
+    assert "TORCH_CUDA_ARCH_LIST" not in os.environ

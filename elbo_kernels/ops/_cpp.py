@@ -18,8 +18,12 @@ Environment:
   ELBO_KERNELS_REQUIRE_CPP=1   a failed build raises (also from cpu_status()); CI sets it.
   ELBO_KERNELS_BUILD_CUDA=0|1  force the CUDA kernels off / on. Unset: built when torch
                                is a CUDA build and nvcc is found (a GPU is not needed).
-  TORCH_CUDA_ARCH_LIST         CUDA architectures (read by torch's builder).
-  TORCH_EXTENSIONS_DIR, MAX_JOBS, CXX, CUDA_HOME   as for any torch extension.
+  TORCH_CUDA_ARCH_LIST         CUDA architectures (read by torch's builder). Unset and
+                               no GPU visible: "8.0;9.0" (A100, H100), said in the status.
+  CUDA_HOME                    the CUDA toolkit root. Unset: found from nvcc on PATH
+                               (following a wrapper script to the toolkit it runs),
+                               CUDA_PATH, or /usr/local/cuda(-*) (``cuda_home()``).
+  TORCH_EXTENSIONS_DIR, MAX_JOBS, CXX   as for any torch extension.
 
 Command line:
   python -m elbo_kernels.ops._cpp                     build (if needed) and print the status
@@ -31,7 +35,9 @@ Command line:
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,7 +63,12 @@ NUM_SUMS = 11
 # at::parallel_for (an inline header template) run on torch's intra-op threads.
 _CFLAGS = ["-O3", "-ffp-contract=off"]
 _OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else []
-_CUDA_CFLAGS = ["-O3", "-lineinfo"]
+# --fmad=false: nvcc contracts a * b + c into one FMA by default, while the CPU
+# kernels round every product (-ffp-contract=off) as torch eager does; the ops
+# are bound by memory traffic, so exact rounding costs no measurable time and
+# CUDA results follow the same per-element arithmetic as the CPU and torch.
+_CUDA_CFLAGS = ["-O3", "-lineinfo", "--fmad=false"]
+_DEFAULT_ARCH_LIST = "8.0;9.0"
 
 _TAIL_CHARS = 4000
 _lock = threading.Lock()
@@ -97,15 +108,73 @@ def csrc_dir() -> Optional[Path]:
     return None
 
 
-def _nvcc() -> Optional[str]:
-    from torch.utils import cpp_extension
+def _is_toolkit(home: Path) -> bool:
+    """A CUDA toolkit root: bin/nvcc and the CUDA runtime the extension links against."""
+    libs = [home / "lib64", home / "lib"] + [Path(p) for p in glob.glob(str(home / "targets" / "*" / "lib"))]
+    return (home / "bin" / "nvcc").is_file() and any((lib / "libcudart.so").exists() for lib in libs)
 
-    home = cpp_extension.CUDA_HOME
-    if home:
-        candidate = Path(home) / "bin" / "nvcc"
-        if candidate.is_file():
-            return str(candidate)
+
+def _wrapped_nvcc(path: Path) -> Optional[Path]:
+    """The nvcc a wrapper script runs (``exec /opt/cuda-13.0/bin/nvcc "$@"``), if it is one."""
+    try:
+        head = path.read_bytes()[:4096]
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    match = re.search(rb"(/[^\s'\"]+)/bin/nvcc\b", head)
+    return Path(match.group(1).decode()) if match else None
+
+
+def cuda_home() -> "tuple[Optional[str], str]":
+    """(CUDA toolkit root or None, where it came from).
+
+    In order: CUDA_HOME / CUDA_PATH when set (taken as given, so a wrong one
+    shows up in the build error rather than being silently replaced); nvcc on
+    PATH, resolving symlinks and wrapper scripts to the toolkit they run (torch's
+    own guess takes the wrapper's parent directory, which has no libcudart);
+    then /usr/local/cuda and /usr/local/cuda-*, newest first.
+    """
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var], f"${var}"
+    on_path = shutil.which("nvcc")
+    if on_path:
+        nvcc = Path(on_path).resolve()
+        for home in (nvcc.parent.parent, _wrapped_nvcc(nvcc)):
+            if home is not None and _is_toolkit(home):
+                return str(home), f"nvcc on PATH ({on_path})"
+    versioned = sorted(glob.glob("/usr/local/cuda-*"), key=lambda p: [int(x) for x in re.findall(r"\d+", p)])
+    for home in ["/usr/local/cuda"] + versioned[::-1]:
+        if _is_toolkit(Path(home)):
+            return home, "the usual install location"
+    return None, "no CUDA toolkit found (no CUDA_HOME, no nvcc on PATH, nothing in /usr/local/cuda*)"
+
+
+def _nvcc() -> Optional[str]:
+    home, _ = cuda_home()
+    if home and (Path(home) / "bin" / "nvcc").is_file():
+        return str(Path(home) / "bin" / "nvcc")
     return shutil.which("nvcc")
+
+
+def explain_cuda_build_failure(message: str, home: Optional[str]) -> str:
+    """The likely cause of a failed CUDA build and its fix, from the builder's output ('' if unknown)."""
+    if "cannot find -lcudart" in message or "cannot find -lcuda" in message:
+        return (f"the linker found no libcudart under CUDA_HOME={home}: set CUDA_HOME to the CUDA toolkit "
+                "root (the directory holding bin/nvcc and lib64/libcudart.so)")
+    if "list index out of range" in message or "get_device_capability" in message:
+        return ("no GPU is visible to read the architecture from: set TORCH_CUDA_ARCH_LIST, e.g. "
+                f'TORCH_CUDA_ARCH_LIST="{_DEFAULT_ARCH_LIST}"')
+    if "Unsupported gpu architecture" in message or "unsupported gpu architecture" in message.lower():
+        return ("this nvcc does not support an architecture in TORCH_CUDA_ARCH_LIST="
+                f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '(unset)')}: drop it or use a newer CUDA toolkit")
+    if "mismatches the version that was used to compile" in message:
+        return ("the CUDA toolkit's version differs from the one torch was built with: point CUDA_HOME at a "
+                f"toolkit of CUDA {torch.version.cuda}")
+    if "nvcc" in message and ("No such file" in message or "not found" in message):
+        return f"nvcc was not found under CUDA_HOME={home}: set CUDA_HOME to the CUDA toolkit root"
+    return ""
 
 
 def _cuda_wanted() -> "tuple[bool, str]":
@@ -117,8 +186,8 @@ def _cuda_wanted() -> "tuple[bool, str]":
         return False, f"torch {torch.__version__} is a ROCm build; the CUDA kernels are CUDA-only"
     if torch.version.cuda is None:
         return False, f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None)"
-    if forced is None and _nvcc() is None:
-        return False, "nvcc not found (set CUDA_HOME or put nvcc on PATH)"
+    if forced is None and cuda_home()[0] is None and _nvcc() is None:
+        return False, f"nvcc not found: {cuda_home()[1]} (set CUDA_HOME to the CUDA toolkit root)"
     return True, ""
 
 
@@ -147,6 +216,43 @@ def _build(name: str, sources: Sequence[Path], with_cuda: bool) -> str:
     return build_dir
 
 
+class _cuda_build_env:
+    """CUDA_HOME and TORCH_CUDA_ARCH_LIST for one build; says what it chose, restores on exit.
+
+    torch reads CUDA_HOME once, at import of torch.utils.cpp_extension, and
+    reads the arch list from a visible GPU when TORCH_CUDA_ARCH_LIST is unset
+    (a GPU-less build host then fails with "list index out of range").
+    """
+
+    def __enter__(self):
+        from torch.utils import cpp_extension
+
+        self.home, where = cuda_home()
+        self.saved = (cpp_extension.CUDA_HOME, os.environ.get("CUDA_HOME"), os.environ.get("TORCH_CUDA_ARCH_LIST"))
+        self.notes = [f"CUDA_HOME={self.home} (from {where})"]
+        if self.home:
+            cpp_extension.CUDA_HOME = self.home
+            os.environ["CUDA_HOME"] = self.home
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = _DEFAULT_ARCH_LIST
+            self.notes.append(f'TORCH_CUDA_ARCH_LIST="{_DEFAULT_ARCH_LIST}" (unset, and no GPU to read it from)')
+        else:
+            arch = os.environ.get("TORCH_CUDA_ARCH_LIST") or "the visible GPUs"
+            self.notes.append(f"architectures: {arch}")
+        return self
+
+    def __exit__(self, *exc):
+        from torch.utils import cpp_extension
+
+        cpp_extension.CUDA_HOME = self.saved[0]
+        for name, value in (("CUDA_HOME", self.saved[1]), ("TORCH_CUDA_ARCH_LIST", self.saved[2])):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        return False
+
+
 def _attempt() -> _BuildOutcome:
     src = csrc_dir()
     if src is None:
@@ -156,18 +262,22 @@ def _attempt() -> _BuildOutcome:
     cuda_failure = None
     if want_cuda:
         start = time.perf_counter()
-        try:
-            path = _build(f"{NAMESPACE}_cuda", [src / f for f in CPU_SOURCES + CUDA_SOURCES], True)
-        except Exception as exc:  # noqa: BLE001  (compiler errors surface as RuntimeError / OSError)
-            cuda_failure = f"CUDA build from {src} failed: {_tail(str(exc))}"
-            if require_cpp():
-                return _BuildOutcome(BackendStatus(False, cuda_failure), BackendStatus(False, cuda_failure),
-                                     cuda_failure)
-        else:
-            took = time.perf_counter() - start
-            what = f"built from {src} into {path} in {took:.1f} s (compile if sources changed, then load)"
-            return _BuildOutcome(BackendStatus(True, f"C++ CPU kernels {what}"),
-                                 BackendStatus(True, f"CUDA kernels (CUDA {torch.version.cuda}) {what}"))
+        with _cuda_build_env() as env:
+            try:
+                path = _build(f"{NAMESPACE}_cuda", [src / f for f in CPU_SOURCES + CUDA_SOURCES], True)
+            except Exception as exc:  # noqa: BLE001  (compiler errors surface as RuntimeError / OSError)
+                message = f"{type(exc).__name__}: {exc}"
+                cause = explain_cuda_build_failure(message, env.home)
+                cuda_failure = (f"CUDA build from {src} failed ({'; '.join(env.notes)})"
+                                + (f"; likely cause: {cause}" if cause else "") + f":\n{_tail(message)}")
+            else:
+                took = time.perf_counter() - start
+                what = f"built from {src} into {path} in {took:.1f} s (compile if sources changed, then load)"
+                return _BuildOutcome(BackendStatus(True, f"C++ CPU kernels {what}"),
+                                     BackendStatus(True, f"CUDA kernels (CUDA {torch.version.cuda}; "
+                                                         f"{'; '.join(env.notes)}) {what}"))
+        if require_cpp():
+            return _BuildOutcome(BackendStatus(False, cuda_failure), BackendStatus(False, cuda_failure), cuda_failure)
     start = time.perf_counter()
     try:
         path = _build(f"{NAMESPACE}_cpu", [src / f for f in CPU_SOURCES], False)
@@ -332,7 +442,7 @@ def _register_python_impls() -> None:
 
 def _arch_flags() -> List[str]:
     """nvcc -gencode flags from TORCH_CUDA_ARCH_LIST (default: 8.0 and 9.0)."""
-    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0").replace(",", ";").replace(" ", ";")
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST") or _DEFAULT_ARCH_LIST.replace(",", ";").replace(" ", ";")
     flags = []
     for arch in filter(None, arch_list.split(";")):
         ptx = arch.endswith("+PTX")
@@ -379,7 +489,7 @@ def _run_nvcc(nvcc: str, src: Path, output: Path, include_dirs: List[str]) -> Pa
         includes += ["-I", path]
     cmd = [
         nvcc, "-c", str(src / "cuda_kernels.cu"), "-o", str(output),
-        "-std=c++20", "-O3", "-Xcompiler", "-fPIC",
+        "-std=c++20", *_CUDA_CFLAGS, "-Xcompiler", "-fPIC",
         "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
         "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
         "--expt-relaxed-constexpr", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",

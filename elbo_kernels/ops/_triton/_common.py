@@ -1,14 +1,37 @@
-"""Shared launch plumbing for the Triton kernels: configs, row views, chunking.
+"""Shared launch plumbing for the Triton kernels: configs, row views, chunking, device.
 
 Every kernel here runs over a grid (rows, chunks of D): a program owns CHUNK
 consecutive elements of one row and walks them BLOCK at a time. CHUNK is chosen
-by the launcher as a multiple of the largest autotuned BLOCK, so the grid and
-the partial-sum buffers do not depend on the config autotuning picks: every
-config writes every partial slot, and a trial run leaves no stale entries.
+by the launcher as a multiple of the largest BLOCK, so the grid and the
+partial-sum buffers do not depend on the config: every config writes every
+partial slot, and an autotune trial leaves no stale entries.
+
+Determinism. Elementwise kernels (noising, generate_noise, the backwards)
+compute each output from its own inputs only, so any autotuned config gives the
+same bits. Reductions (residual_sums, sde_step forward) are NOT autotuned: their
+BLOCK and num_warps are pinned (``reduce_launch``), because both set the
+order in which a program adds its elements (lanes of BLOCK, then tl.sum's
+tree over the threads and warps), and autotuning times configs afresh in each
+process, so two processes could otherwise pick different configs and give
+different bits. With the pinned config, the chunking of ``plan_chunks`` (a
+function of N and D only) and torch's fixed sum over chunks, the sums are
+bitwise reproducible run to run and across processes for the same shape, GPU
+architecture and triton version. They are not batch-invariant (a row's chunking
+follows N) and need not match the "cpu" or "cuda" backends bit for bit.
+
+FMA. Each launch passes ``enable_fp_fusion`` explicitly (triton 3.9 fuses
+a * b + c into one rounding by default and warns that the default changes in
+3.10). Kernels whose results users compare bitwise (noising against
+``(1 - t) x0 + t eps`` in torch; a NoiseSeed against the eps tensor it
+generates) use ``EXACT`` = no fusion: every product and sum rounds as torch
+eager rounds it. These kernels are bound by memory traffic, so fusion would not
+make them measurably faster; only the sde_step backward, which has no bitwise
+contract, keeps fusion (``FAST``).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Tuple
 
 import torch
@@ -26,14 +49,34 @@ _INTERPRET_BLOCK = 256
 # the device (132 SMs on an H100, several programs each).
 _GPU_TARGET_PROGRAMS = 2048
 
+# Reductions: one pinned config per accumulation dtype (module docstring). BLOCK
+# 1024 over 4 warps keeps the 11 float32 accumulators of residual_sums at 8
+# values a thread, well inside 255 registers (the 4096 x 8-warp config used
+# 198-255 registers and spilled); float64 accumulators take twice the
+# registers, so they spread over 8 warps.
+_GPU_REDUCE_BLOCK = 1024
+_GPU_REDUCE_WARPS = {torch.float32: 4, torch.float64: 8}
+
+# Launch option for enable_fp_fusion (module docstring).
+EXACT = False
+FAST = True
+
 # Tests set this to force several chunks per row (multi-program reductions).
 CHUNK_OVERRIDE = None
 
 
 def autotune_configs():
+    """Configs of the elementwise kernels (their results do not depend on the config)."""
     if interpreting():
         return [triton.Config({"BLOCK": _INTERPRET_BLOCK}, num_warps=4)]
     return [triton.Config({"BLOCK": b}, num_warps=w) for b, w in _GPU_BLOCKS]
+
+
+def reduce_launch(dtype: torch.dtype) -> dict:
+    """BLOCK and num_warps of a reduction kernel for inputs of ``dtype`` (pinned, never tuned)."""
+    if interpreting():
+        return dict(BLOCK=_INTERPRET_BLOCK, num_warps=4)
+    return dict(BLOCK=_GPU_REDUCE_BLOCK, num_warps=_GPU_REDUCE_WARPS[acc_dtype(dtype)])
 
 
 def max_block() -> int:
@@ -93,6 +136,28 @@ def check_device(op: str, *tensors) -> None:
             f"{op}: the Triton backend runs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), "
             f"got a tensor on {x.device}"
         )
+
+
+def device_guard(op: str, **tensors):
+    """Checks the tensors' devices and returns a context that makes theirs the current one.
+
+    Triton launches on the current CUDA device, not on the tensors' device, so
+    without the guard tensors on cuda:1 would be read by a kernel running on
+    cuda:0 (the CUDA backend has CUDAGuard for the same reason). Raises
+    ValueError naming the first argument on another device than the first one.
+    """
+    present = {name: x for name, x in tensors.items() if x is not None}
+    first_name, first = next(iter(present.items()))
+    for name, x in present.items():
+        if x.device != first.device:
+            raise ValueError(
+                f"{op}: {name} is on {x.device} but {first_name} is on {first.device}; "
+                "all tensors must be on one device"
+            )
+    check_device(op, first)
+    if first.device.type == "cuda":
+        return torch.cuda.device(first.device)
+    return contextlib.nullcontext()
 
 
 @triton.jit

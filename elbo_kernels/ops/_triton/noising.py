@@ -3,7 +3,9 @@
 Registers ``elbo_kernels::noising_triton(x0, t, noise?, draws_per_sample, seed, offset) -> x_t``:
 one pass over a (N rows, chunks of D) grid, x0 row n // K read in place, eps
 loaded or regenerated from (seed, offset) when ``noise`` is None. x_t has x0's
-dtype and shape [N, *S]; arithmetic in float32 (float64 for float64 x0).
+dtype and shape [N, *S]; arithmetic in float32 (float64 for float64 x0),
+without FMA fusion (``_common.EXACT``): x_t equals torch's
+``(1 - t) * x0 + t * eps`` in the same dtype bit for bit.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _noising_fwd_kernel(
 
 
 def noising_forward(x0, t, noise, draws_per_sample, seed, offset) -> torch.Tensor:
-    _common.check_device("noising_triton", x0, t, noise)
+    guard = _common.device_guard("noising_triton", x0=x0, t=t, noise=noise)
     k = int(draws_per_sample)
     n = x0.shape[0] * k
     if k < 1 or t.shape != (n,):
@@ -59,13 +61,14 @@ def noising_forward(x0, t, noise, draws_per_sample, seed, offset) -> torch.Tenso
         return out
     eps = _common.rows(noise) if noise is not None else x0_rows
     chunk, n_chunks = _common.plan_chunks(n, d)
-    _noising_fwd_kernel[(n, n_chunks)](
-        out, x0_rows, t, eps,
-        int(seed), int(offset), d, chunk, k,
-        _common.row_stride(x0_rows), t.stride(0) if n > 1 else 1,
-        _common.row_stride(eps) if noise is not None else 0,
-        HAS_NOISE=noise is not None, ACC=_common.tl_acc(x0.dtype),
-    )
+    with guard:
+        _noising_fwd_kernel[(n, n_chunks)](
+            out, x0_rows, t, eps,
+            int(seed), int(offset), d, chunk, k,
+            _common.row_stride(x0_rows), t.stride(0) if n > 1 else 1,
+            _common.row_stride(eps) if noise is not None else 0,
+            HAS_NOISE=noise is not None, ACC=_common.tl_acc(x0.dtype), enable_fp_fusion=_common.EXACT,
+        )
     return out
 
 

@@ -8,9 +8,17 @@ Registers, with fake (meta) kernels and autograd:
 
 Forward: grid (N rows, chunks of D); each program writes its 11 partial sums to
 [N, chunks, 11], then a fixed-order torch sum over chunks gives the result (no
-atomics: bitwise deterministic). With ``noise`` None, eps is regenerated from
-(seed, offset) in-kernel. x0 row n // K is read in place (no repeat).
-Backward: one elementwise pass over the same grid.
+atomics). The forward runs one pinned config, never autotuned, so its bits do
+not depend on which config a process happened to time fastest
+(``_common`` explains what "deterministic" covers). With ``noise`` None, eps
+is regenerated from (seed, offset) in-kernel. x0 row n // K is read in place
+(no repeat). Backward: one elementwise pass over the same grid (autotuned: an
+elementwise result does not depend on the config).
+
+Both kernels compile without FMA fusion (``_common.EXACT``): with fusion, the
+regenerated eps = radius * cos(theta) would fold into u = eps - x0 as one
+fused multiply-add, while a stored eps tensor is rounded first, and a NoiseSeed
+would no longer give the bits of the tensor generated from it.
 """
 
 from __future__ import annotations
@@ -25,10 +33,6 @@ from .. import residual_sums as residual_sums_op
 from ..residual_sums import NUM_SUMS
 from . import _common
 
-_KEY = ["D", "HAS_NOISE", "HAS_OLD", "HAS_REF", "HAS_NFT"]
-
-
-@triton.autotune(configs=_common.autotune_configs(), key=_KEY)
 @triton.jit(do_not_specialize=["seed", "offset"])
 def _residual_sums_fwd_kernel(
     partial_ptr, v_ptr, x0_ptr, eps_ptr, old_ptr, ref_ptr, beta_ptr,
@@ -102,13 +106,15 @@ def _residual_sums_fwd_kernel(
     tl.store(out + 10, tl.sum(m2, axis=0))
 
 
-@triton.autotune(configs=_common.autotune_configs(), key=_KEY)
+# The backward reads v_old only for the NFT blends, so it has no HAS_OLD flag
+# (one compiled variant fewer per flag combination).
+@triton.autotune(configs=_common.autotune_configs(), key=["D", "HAS_NOISE", "HAS_REF", "HAS_NFT"])
 @triton.jit(do_not_specialize=["seed", "offset"])
 def _residual_sums_bwd_kernel(
     grad_v_ptr, grad_sums_ptr, v_ptr, x0_ptr, eps_ptr, old_ptr, ref_ptr, beta_ptr,
     seed, offset, D, chunk, K,
     stride_g_row, stride_g_col, stride_v, stride_x0, stride_eps, stride_old, stride_ref,
-    HAS_NOISE: tl.constexpr, HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr, HAS_NFT: tl.constexpr,
+    HAS_NOISE: tl.constexpr, HAS_REF: tl.constexpr, HAS_NFT: tl.constexpr,
     ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -151,8 +157,8 @@ def _residual_sums_bwd_kernel(
 class _Launch:
     """Row views, strides, flags and the beta scalars shared by forward and backward."""
 
-    def __init__(self, op, v, x0, noise, v_old, v_ref, nft_beta):
-        _common.check_device(op, v, x0, noise, v_old, v_ref)
+    def __init__(self, op, v, x0, noise, v_old, v_ref, nft_beta, **more):
+        self.guard = _common.device_guard(op, v=v, x0=x0, noise=noise, v_old=v_old, v_ref=v_ref, **more)
         self.n = v.shape[0]
         if x0.shape[0] == 0 or self.n % x0.shape[0] != 0:
             raise ValueError(f"{op}: v has {self.n} rows, not a multiple of x0's {x0.shape[0]}")
@@ -182,10 +188,10 @@ class _Launch:
     def flags(self):
         return dict(
             HAS_NOISE=self.optional["noise"] is not None,
-            HAS_OLD=self.optional["v_old"] is not None,
             HAS_REF=self.optional["v_ref"] is not None,
             HAS_NFT=self.has_nft,
             ACC=_common.tl_acc(self.v.dtype),
+            enable_fp_fusion=_common.EXACT,
         )
 
 
@@ -199,20 +205,20 @@ def residual_sums_forward(v, x0, noise, v_old, v_ref, nft_beta, seed, offset) ->
     eps, s_eps = launch.ptr_and_stride("noise")
     old, s_old = launch.ptr_and_stride("v_old")
     ref, s_ref = launch.ptr_and_stride("v_ref")
-    _residual_sums_fwd_kernel[(launch.n, n_chunks)](
-        partial, launch.v, launch.x0, eps, old, ref, launch.beta,
-        int(seed), int(offset), launch.d, chunk, n_chunks, launch.k,
-        _common.row_stride(launch.v), _common.row_stride(launch.x0), s_eps, s_old, s_ref,
-        **launch.flags(),
-    )
+    with launch.guard:
+        _residual_sums_fwd_kernel[(launch.n, n_chunks)](
+            partial, launch.v, launch.x0, eps, old, ref, launch.beta,
+            int(seed), int(offset), launch.d, chunk, n_chunks, launch.k,
+            _common.row_stride(launch.v), _common.row_stride(launch.x0), s_eps, s_old, s_ref,
+            HAS_OLD=launch.optional["v_old"] is not None, **launch.flags(), **_common.reduce_launch(v.dtype),
+        )
     # Fixed-order reduction over chunks (a tiny [N, chunks, 11] tensor): deterministic.
     return partial.sum(dim=1)
 
 
 def residual_sums_backward(grad_sums, v, x0, noise, v_old, v_ref, nft_beta, seed, offset) -> torch.Tensor:
     """dL/dv in v's dtype and shape (contiguous); one elementwise pass."""
-    launch = _Launch("residual_sums_backward_triton", v, x0, noise, v_old, v_ref, nft_beta)
-    _common.check_device("residual_sums_backward_triton", grad_sums)
+    launch = _Launch("residual_sums_backward_triton", v, x0, noise, v_old, v_ref, nft_beta, grad_sums=grad_sums)
     if grad_sums.shape != (launch.n, NUM_SUMS):
         raise ValueError(f"grad_sums must have shape [{launch.n}, {NUM_SUMS}], got {tuple(grad_sums.shape)}")
     grad_v = torch.empty(v.shape, dtype=v.dtype, device=v.device)
@@ -222,13 +228,14 @@ def residual_sums_backward(grad_sums, v, x0, noise, v_old, v_ref, nft_beta, seed
     eps, s_eps = launch.ptr_and_stride("noise")
     old, s_old = launch.ptr_and_stride("v_old")
     ref, s_ref = launch.ptr_and_stride("v_ref")
-    _residual_sums_bwd_kernel[(launch.n, n_chunks)](
-        grad_v, grad_sums, launch.v, launch.x0, eps, old, ref, launch.beta,
-        int(seed), int(offset), launch.d, chunk, launch.k,
-        grad_sums.stride(0), grad_sums.stride(1),
-        _common.row_stride(launch.v), _common.row_stride(launch.x0), s_eps, s_old, s_ref,
-        **launch.flags(),
-    )
+    with launch.guard:
+        _residual_sums_bwd_kernel[(launch.n, n_chunks)](
+            grad_v, grad_sums, launch.v, launch.x0, eps, old, ref, launch.beta,
+            int(seed), int(offset), launch.d, chunk, launch.k,
+            grad_sums.stride(0), grad_sums.stride(1),
+            _common.row_stride(launch.v), _common.row_stride(launch.x0), s_eps, s_old, s_ref,
+            **launch.flags(),
+        )
     return grad_v
 
 
