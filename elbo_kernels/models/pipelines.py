@@ -150,7 +150,9 @@ class PromptCache:
     """Per-prompt conditioning tensors, computed once and kept in a bounded LRU.
 
     ``encode(missing_prompts) -> {key: [len(missing), ...]}`` is called for the prompts not
-    yet cached; ``__call__`` returns the batch stacked in the order asked for.
+    yet cached; ``__call__`` returns the batch stacked in the order asked for. ``encode`` may
+    also return, per key, a list of per-prompt tensors of different lengths (text embeddings
+    trimmed to their tokens): a batch is then zero-padded at the end of dim 0 to its longest.
     """
 
     def __init__(self, encode: Callable[[List[str]], Dict[str, torch.Tensor]], size: int = 256):
@@ -175,7 +177,7 @@ class PromptCache:
                 self.entries[p] = {k: v[row] for k, v in batch.items()}
         for p in prompts:
             self.entries.move_to_end(p)
-        out = {k: torch.stack([self.entries[p][k] for p in prompts]) for k in self.entries[prompts[0]]}
+        out = {k: _stack_padded([self.entries[p][k] for p in prompts]) for k in self.entries[prompts[0]]}
         while len(self.entries) > max(self.size, len(set(prompts))):
             self.entries.popitem(last=False)
         return out
@@ -228,6 +230,13 @@ class PipelineAdapter:
 
     def _encode(self, prompts: List[str]) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+def _stack_padded(rows: List[torch.Tensor]) -> torch.Tensor:
+    length = max(r.shape[0] for r in rows) if rows[0].dim() else 0
+    if all(r.shape == rows[0].shape for r in rows):
+        return torch.stack(rows)
+    return torch.stack([torch.cat([r, r.new_zeros((length - r.shape[0],) + tuple(r.shape[1:]))]) for r in rows])
 
 
 def check_resolution(resolution, factor: int) -> int:
