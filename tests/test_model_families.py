@@ -17,9 +17,9 @@ from elbo_kernels.train import Trainer
 from elbo_kernels.train.config import TrainConfig
 
 FAMILIES = {
-    "flux": ("FluxPipeline", "FluxModel", {}),
-    "wan": ("WanPipeline", "WanModel", {"frames": 5}),
-    "qwen_image": ("QwenImagePipeline", "QwenImageModel", {}),
+    "flux": ("FluxPipeline", "FluxModel", {"resolution": 32}),
+    "wan": ("WanPipeline", "WanModel", {"frames": 5, "resolution": 32}),
+    "qwen_image": ("QwenImagePipeline", "QwenImageModel", {"resolution": 32}),
 }
 
 
@@ -125,5 +125,7 @@ def test_a_family_option_given_to_another_family_is_named(tmp_path):
 def test_a_folder_without_model_index_says_so(tmp_path):
     from elbo_kernels.models.sd3 import ModelNotAvailableError
 
-    with pytest.raises(ModelNotAvailableError, match="model_index.json"):
+    with pytest.raises(ModelNotAvailableError, match="does not exist"):
         load_model(str(tmp_path / "nowhere"))
+    with pytest.raises(ModelNotAvailableError, match="model_index.json"):
+        load_model(str(tmp_path))

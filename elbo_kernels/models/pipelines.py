@@ -195,8 +195,9 @@ class PipelineAdapter:
 
     def __init__(self, pipeline, *, prompt_cache_size: int = 256, gradient_checkpointing: bool = False):
         self.pipeline = pipeline
-        # The base weights' dtype, fixed before LoRA (peft may add float32 adapters) or wrappers.
-        self.weights_dtype = next(pipeline.transformer.parameters()).dtype
+        # The base weights' dtype, fixed before LoRA (peft may add float32 adapters) or wrappers. diffusers'
+        # ModelMixin.dtype skips the modules some families keep in float32 (Wan's scale_shift_table, first).
+        self.weights_dtype = pipeline.transformer.dtype
         self._cache = PromptCache(self._encode, prompt_cache_size)
         freeze(*(getattr(pipeline, name, None) for name in ("vae", "text_encoder", "text_encoder_2")))
         if gradient_checkpointing:

@@ -55,10 +55,8 @@ class QwenImageModel(PipelineAdapter):
         """Wrap a loaded QwenImagePipeline. Raises ValueError for a resolution off the 2x2-patch grid."""
         super().__init__(pipeline, prompt_cache_size=prompt_cache_size, gradient_checkpointing=gradient_checkpointing)
         self.lora_target_modules: List[str] = list(LORA_TARGET_MODULES)
-        if resolution is None:
-            # 512 px (this library's SD3.5 / FLUX.1 setting; Qwen-Image's native size is larger), or the tiny
-            # test model's declared size.
-            resolution = int(getattr(pipeline.transformer.config, "sample_size", None) or 512)
+        # 512 px by default: this library's SD3.5 / FLUX.1 setting (Qwen-Image's native size is larger).
+        resolution = 512 if resolution is None else resolution
         self.resolution = check_resolution(resolution, pipeline.vae_scale_factor * 2)
         size = resolution // pipeline.vae_scale_factor
         self.latent_size: Tuple[int, int] = (size, size)
@@ -126,13 +124,13 @@ class QwenImageModel(PipelineAdapter):
         return torch.cat(images)
 
 
-def save_tiny_pipeline(directory, *, seed: int = 0, resolution: int = 32) -> Path:
+def save_tiny_pipeline(directory, *, seed: int = 0) -> Path:
     """Write a tiny random QwenImagePipeline (``save_pretrained`` layout) with Qwen-Image's classes.
 
     QwenImageTransformer2DModel (one block), AutoencoderKLQwenImage (8x spatial), a two-layer
     Qwen2_5_VLForConditionalGeneration with a locally built byte-level Qwen2 tokenizer, and a
     dynamically shifted FlowMatchEulerDiscreteScheduler with Qwen-Image's exponential time shift.
-    The transformer's config records ``sample_size`` = resolution (the default size on loading).
+    Load it with a small ``resolution`` (32 px: 4x4 latents, 4 packed tokens).
     """
     from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
                            QwenImageTransformer2DModel)
@@ -143,11 +141,6 @@ def save_tiny_pipeline(directory, *, seed: int = 0, resolution: int = 32) -> Pat
     tokenizer = tiny_qwen_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer = QwenImageTransformer2DModel(
-            patch_size=2, in_channels=64, out_channels=16, num_layers=1, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(4, 6, 6),
-        )
-        transformer.register_to_config(sample_size=resolution)
         vocab = len(tokenizer)
         text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
             text_config=dict(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -168,7 +161,10 @@ def save_tiny_pipeline(directory, *, seed: int = 0, resolution: int = 32) -> Pat
                                        temperal_downsample=[False, True, True]),
             text_encoder=text_encoder,
             tokenizer=tokenizer,
-            transformer=transformer,
+            transformer=QwenImageTransformer2DModel(
+                patch_size=2, in_channels=64, out_channels=16, num_layers=1, attention_head_dim=16,
+                num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(4, 6, 6),
+            ),
         )
     pipeline.save_pretrained(str(directory))
     return directory

@@ -64,9 +64,7 @@ class WanModel(PipelineAdapter):
             raise ValueError(f"frames must be an int {temporal}k + 1 (the VAE compresses {temporal}x in time after "
                              f"the first frame), got {frames!r}")
         patch = pipeline.transformer.config.patch_size
-        # 480 px square by default (Wan 2.1's 480p tier), or the tiny test model's declared size.
-        resolution = int(getattr(pipeline.transformer.config, "sample_size", None) or 480) if resolution is None \
-            else resolution
+        resolution = 480 if resolution is None else resolution  # square, at Wan 2.1's 480p tier
         self.resolution = check_resolution(resolution, spatial * patch[1])
         self.frames = frames
         size = resolution // spatial
@@ -136,13 +134,13 @@ class WanModel(PipelineAdapter):
         return torch.cat(videos)
 
 
-def save_tiny_pipeline(directory, *, seed: int = 0, resolution: int = 32, max_length: int = 16) -> Path:
+def save_tiny_pipeline(directory, *, seed: int = 0, max_length: int = 16) -> Path:
     """Write a tiny random WanPipeline (``save_pretrained`` layout) with Wan 2.1's classes.
 
     WanTransformer3DModel (one block), AutoencoderKLWan (8x spatial, 4x temporal compression,
     16 latent channels), UMT5EncoderModel with a locally built T5 tokenizer, and the
-    UniPCMultistepScheduler with flow sigmas and flow_shift 3 (Wan 2.1 at 480p). The transformer's
-    config records ``sample_size`` = resolution so that loading it picks that size by default.
+    UniPCMultistepScheduler with flow sigmas and flow_shift 3 (Wan 2.1 at 480p). Load it with a small
+    ``resolution`` (32 px: 4x4 latents) and ``frames`` (5: 2 latent frames).
     """
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -152,13 +150,12 @@ def save_tiny_pipeline(directory, *, seed: int = 0, resolution: int = 32, max_le
     tokenizer = tiny_t5_tokenizer(max_length)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer = WanTransformer3DModel(
+        pipeline = WanPipeline(
+            transformer=WanTransformer3DModel(
             patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
             text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1, cross_attn_norm=True,
             qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-        )
-        transformer.register_to_config(sample_size=resolution)
-        pipeline = WanPipeline(
+            ),
             tokenizer=tokenizer,
             text_encoder=UMT5EncoderModel(UMT5Config(
                 vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
@@ -169,7 +166,6 @@ def save_tiny_pipeline(directory, *, seed: int = 0, resolution: int = 32, max_le
                                  temperal_downsample=[False, True, True]),
             scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                               flow_shift=3.0),
-            transformer=transformer,
         )
     pipeline.save_pretrained(str(directory))
     return directory
