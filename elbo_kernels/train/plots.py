@@ -52,8 +52,9 @@ def sample_grid(sampler, path: Path, prompts, *, seeds: int = 8) -> None:
         images = images.permute(0, 1, 3, 2, 4).reshape(n, c, h, f * w)
     if images.dim() == 4:
         images = images[:, 0] if images.shape[1] == 1 else images.permute(0, 2, 3, 1)
+    aspect = images.shape[2] / images.shape[1]  # width / height: a frame strip is wide
     images = images.reshape(len(prompts), seeds, *images.shape[1:]).clamp(0, 1)
-    fig, axes = plt.subplots(len(prompts), seeds, figsize=(seeds * 0.6, len(prompts) * 0.6), dpi=100,
+    fig, axes = plt.subplots(len(prompts), seeds, figsize=(seeds * 0.6 * aspect, len(prompts) * 0.6), dpi=100,
                              squeeze=False)
     for i in range(len(prompts)):
         for j in range(seeds):
