@@ -129,3 +129,13 @@ def test_a_folder_without_model_index_says_so(tmp_path):
         load_model(str(tmp_path / "nowhere"))
     with pytest.raises(ModelNotAvailableError, match="model_index.json"):
         load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["flux", "qwen_image", "wan"])
+def test_shipped_family_config_loads_and_validates(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"
+    cfg = TrainConfig.from_yaml(path).validate()
+    assert cfg.lora_rank == 32 and cfg.guidance_scale == 1.0 and cfg.weights_dtype == "bf16"
+    assert cfg.shift is None  # the model's own (resolution-dependent) shift
