@@ -1,6 +1,5 @@
 """The memory estimate's LoRA count agrees with what peft actually adds (elbo_kernels.models.memory)."""
 
-import torch
 from diffusers import FluxTransformer2DModel
 
 from elbo_kernels.models.flux import LORA_TARGET_MODULES

@@ -27,8 +27,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .pipelines import PipelineAdapter, check_resolution, check_velocity_inputs, freeze, load_pipeline, \
-    tiny_t5_tokenizer
+from .pipelines import PipelineAdapter, check_resolution, check_velocity_inputs, load_pipeline, tiny_t5_tokenizer
 from .sd3 import resolve_dtype
 
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"

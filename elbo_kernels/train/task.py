@@ -101,7 +101,7 @@ def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, pr
     pool, table = read_prompts(prompt_file) if prompt_file else (list(DEFAULT_PROMPTS), {})
     reward_fn = get_reward(reward)  # before the (large) model: a bad reward name fails fast
     targets = option(lora_target_modules, "ELBO_KERNELS_LORA_TARGETS", None)
-    sd3 = load_model(
+    adapter = load_model(
         model, device=device,
         weights_dtype=option(weights_dtype, "ELBO_KERNELS_WEIGHTS_DTYPE", None),
         resolution=option(resolution, "ELBO_KERNELS_RESOLUTION", None, int),
@@ -131,5 +131,5 @@ def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, pr
             scores.append(np.asarray(result["avg"], dtype=np.float64))
         return {"reward_eval": float(np.concatenate(scores).mean())}
 
-    return Task(model=sd3, prompts=pool, reward_fn=reward_with_metadata, evaluate=evaluate_sd3,
+    return Task(model=adapter, prompts=pool, reward_fn=reward_with_metadata, evaluate=evaluate_sd3,
                 metric="reward_eval")
