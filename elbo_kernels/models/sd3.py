@@ -398,6 +398,22 @@ def _byte_level_vocab() -> List[str]:
     return [chr(c) for c in codes]
 
 
+def _tiny_clip_tokenizer(max_length: int):
+    """A byte-level CLIPTokenizer with no merges (one token per character), built without any download."""
+    from transformers import CLIPTokenizer
+
+    chars = _byte_level_vocab()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"),
+                             model_max_length=max_length, pad_token="<|endoftext|>")
+
+
 def save_tiny_pipeline(directory, *, seed: int = 0, sample_size: int = 8, max_length: int = 16) -> Path:
     """Write a tiny random StableDiffusion3Pipeline to ``directory`` (``save_pretrained`` layout).
 
@@ -412,20 +428,12 @@ def save_tiny_pipeline(directory, *, seed: int = 0, sample_size: int = 8, max_le
     """
     from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
                            StableDiffusion3Pipeline)
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    chars = _byte_level_vocab()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
-        tokenizer = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"),
-                                  model_max_length=max_length, pad_token="<|endoftext|>")
+    tokenizer = _tiny_clip_tokenizer(max_length)
+    vocab = tokenizer.get_vocab()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         text_config = CLIPTextConfig(

@@ -28,7 +28,8 @@ from ..objectives import KL_ESTIMATORS, OBJECTIVES
 
 ESTIMATORS = ("elbo", "trajectory")
 # Keys whose value may be None ("none" on the command line).
-OPTIONAL = ("kl", "stop_at", "prompts", "weights_dtype", "resolution", "shift")
+OPTIONAL = ("kl", "stop_at", "prompts", "weights_dtype", "resolution", "shift", "frames", "guidance",
+            "lora_target_modules")
 SAMPLERS = ("ode", "sde")
 ODE_METHODS = ("euler", "dpm2")
 ON_NON_FINITE = ("skip", "raise")
@@ -37,7 +38,7 @@ ON_NON_FINITE = ("skip", "raise")
 @dataclass
 class TrainConfig:
     # What to train, on what, where.
-    model: str = field(default="digits", metadata={"help": "'digits' (embedded) or an SD3 hub id / local path"})
+    model: str = field(default="digits", metadata={"help": "'digits' (embedded), or a hub id / local diffusers folder of an SD3, FLUX.1, Wan or Qwen-Image pipeline"})
     reward: str = field(default="digit", metadata={"help": "reward name (see elbo_kernels.rewards)"})
     output_dir: str = field(default="outputs/digits", metadata={"help": "where metrics, plots and checkpoints go"})
     seed: int = field(default=0, metadata={"help": "global seed (each epoch and process derives its own)"})
@@ -47,6 +48,10 @@ class TrainConfig:
     resolution: Optional[int] = field(default=None, metadata={"help": "SD3: image size in pixels (512)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "SD3: checkpoint transformer blocks"})
     without_t5: bool = field(default=False, metadata={"help": "SD3: drop the T5-XXL text encoder"})
+    frames: Optional[int] = field(default=None, metadata={"help": "Wan: video frames, 4k + 1 (none = 81, WanPipeline's default)"})
+    guidance: Optional[float] = field(default=None, metadata={"help": "FLUX.1-dev: embedded guidance strength (none = 3.5)"})
+    lora_target_modules: Optional[str] = field(default=None, metadata={
+        "help": "comma-separated module names for LoRA (none = the model family's attention projections)"})
 
     # Rollouts (with the old policy).
     epochs: int = field(default=80, metadata={"help": "number of epochs (rollout + update rounds)"})
@@ -178,6 +183,13 @@ class TrainConfig:
                  "none, 'fp32', 'bf16' or 'fp16'")
         _require(self.resolution is None or (isinstance(self.resolution, int) and self.resolution > 0),
                  "resolution", self.resolution, "none or an int > 0")
+        _require(self.frames is None or (isinstance(self.frames, int) and not isinstance(self.frames, bool)
+                 and self.frames >= 1 and self.frames % 4 == 1), "frames", self.frames, "none or an int 4k + 1 (1, 5, 9, ...)")
+        _require(self.guidance is None or (_finite(self.guidance) and self.guidance > 0), "guidance", self.guidance,
+                 "none or a number > 0")
+        _require(self.lora_target_modules is None or (isinstance(self.lora_target_modules, str) and any(
+                 m.strip() for m in self.lora_target_modules.split(","))), "lora_target_modules",
+                 self.lora_target_modules, "none or comma-separated module names such as 'to_q,to_k,to_v'")
         _require(self.shift is None or (_finite(self.shift) and self.shift > 0), "shift", self.shift,
                  "none or a number > 0")
         if self.stop_at is not None:
@@ -267,7 +279,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values.update(TrainConfig.from_yaml(args.config).to_dict())
     names: List[str] = [f.name for f in fields(TrainConfig)]
     overrides = {k: v for k, v in vars(args).items() if k in names}
-    for key, kind in (("stop_at", float), ("shift", float), ("resolution", int)):
+    for key, kind in (("stop_at", float), ("shift", float), ("resolution", int), ("frames", int), ("guidance", float)):
         if key in overrides and _none(overrides[key]) is not None:
             try:
                 overrides[key] = kind(overrides[key])

@@ -42,14 +42,19 @@ def learning_curve(history: list, path: Path, *, metric: str = "digiteval", befo
 
 
 def sample_grid(sampler, path: Path, prompts, *, seeds: int = 8) -> None:
-    """One row per prompt, ``seeds`` columns; grayscale ([N, H, W] or [N, 1, H, W]) or RGB images."""
+    """One row per prompt, ``seeds`` columns; grayscale ([N, H, W] or [N, 1, H, W]) or RGB images, or videos
+    [N, C, F, H, W] shown as a strip of their frames side by side."""
     rows = [p for p in prompts for _ in range(seeds)]
     with torch.no_grad():
         images = torch.as_tensor(sampler(rows, seed=list(range(seeds)) * len(prompts))).float().cpu()
+    if images.dim() == 5:
+        n, c, f, h, w = images.shape
+        images = images.permute(0, 1, 3, 2, 4).reshape(n, c, h, f * w)
     if images.dim() == 4:
         images = images[:, 0] if images.shape[1] == 1 else images.permute(0, 2, 3, 1)
+    aspect = images.shape[2] / images.shape[1]  # width / height: a frame strip is wide
     images = images.reshape(len(prompts), seeds, *images.shape[1:]).clamp(0, 1)
-    fig, axes = plt.subplots(len(prompts), seeds, figsize=(seeds * 0.6, len(prompts) * 0.6), dpi=100,
+    fig, axes = plt.subplots(len(prompts), seeds, figsize=(seeds * 0.6 * aspect, len(prompts) * 0.6), dpi=100,
                              squeeze=False)
     for i in range(len(prompts)):
         for j in range(seeds):

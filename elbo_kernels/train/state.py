@@ -17,7 +17,7 @@ from .checkpoint import latest_checkpoint, rng_state, set_rng_state, write_check
 # Keys that must match between a checkpoint and the run resuming it: anything else would load
 # into a differently shaped model, or redraw a different batch, without saying so.
 RESUME_MUST_MATCH = ("model", "reward", "seed", "prompts_per_epoch", "group_size", "lora_rank", "lora_alpha",
-                     "ema_decay", "estimator", "sampler", "num_steps", "draws_per_sample")
+                     "ema_decay", "estimator", "sampler", "num_steps", "draws_per_sample", "lora_target_modules")
 # Keys that change nothing already computed: a resumed run may set them freely.
 RESUME_MAY_CHANGE = ("output_dir", "resume", "epochs", "eval_every", "eval_seeds", "stop_at", "checkpoint_every",
                      "keep_checkpoints", "plots", "tensorboard", "progress", "on_non_finite",

@@ -12,6 +12,7 @@ from typing import Callable, List, Optional
 
 from ..models.base import FlowModelAdapter
 from ..rewards import get_reward
+from ..rewards.video import video_reward
 
 # sampler(prompts, num_steps=..., guidance_scale=..., seed=[one int per prompt]) -> images
 Sampler = Callable
@@ -29,11 +30,14 @@ class Task:
 
 def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, prompts: Optional[str] = None,
               weights_dtype: Optional[str] = None, resolution: Optional[int] = None,
-              gradient_checkpointing: Optional[bool] = None, without_t5: Optional[bool] = None) -> Task:
+              gradient_checkpointing: Optional[bool] = None, without_t5: Optional[bool] = None,
+              frames: Optional[int] = None, guidance: Optional[float] = None,
+              lora_target_modules: Optional[str] = None) -> Task:
     """Build the task named by the config's ``model`` and ``reward`` keys.
 
-    model: "digits" (embedded), or an SD3 / SD3.5 hub id or local pipeline directory
-    (:class:`elbo_kernels.models.sd3.SD3Model`). For SD3 tasks the keyword arguments (or, when
+    model: "digits" (embedded), or a hub id or local diffusers folder whose model_index.json names a
+    supported pipeline (SD3 / SD3.5, FLUX.1, Wan 2.x text-to-video, Qwen-Image; see
+    :mod:`elbo_kernels.models.pipelines`). For those the keyword arguments (or, when
     they are None, the environment variables in brackets) choose:
 
         prompts                 prompt file, .txt or FlowGRPO's .jsonl with metadata  [ELBO_KERNELS_PROMPTS]
@@ -41,7 +45,13 @@ def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, pr
         weights_dtype           fp32 | bf16 | fp16 for the frozen weights             [ELBO_KERNELS_WEIGHTS_DTYPE]
         resolution              pixels (512, or the model's native size if smaller)   [ELBO_KERNELS_RESOLUTION]
         gradient_checkpointing  true | false (false)                         [ELBO_KERNELS_GRADIENT_CHECKPOINTING]
-        without_t5              true | false: drop T5-XXL (false)                      [ELBO_KERNELS_WITHOUT_T5]
+        without_t5              true | false: drop T5-XXL (false; SD3 only)            [ELBO_KERNELS_WITHOUT_T5]
+        frames                  video frames (Wan only; 4k + 1)                        [ELBO_KERNELS_FRAMES]
+        guidance                FLUX.1-dev's embedded guidance (3.5)                   [ELBO_KERNELS_GUIDANCE]
+        lora_target_modules     comma-separated module names (the family's default)   [ELBO_KERNELS_LORA_TARGETS]
+
+    Video models are rewarded frame by frame with the image reward; a video's reward is the mean
+    over its frames.
 
     The reward receives each prompt's metadata from a .jsonl prompt file (GenEval needs it).
     The evaluation is the mean reward of the evaluation policy on the first 8 prompts x
@@ -71,7 +81,8 @@ def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, pr
 
     import numpy as np
 
-    from ..models.sd3 import DEFAULT_PROMPTS, SD3Model, read_prompts
+    from ..models.pipelines import load_model
+    from ..models.sd3 import DEFAULT_PROMPTS, read_prompts
 
     def option(value, env: str, default, kind=str):
         value = os.environ.get(env) if value is None else value
@@ -89,17 +100,23 @@ def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, pr
     prompt_file = option(prompts, "ELBO_KERNELS_PROMPTS", None)
     pool, table = read_prompts(prompt_file) if prompt_file else (list(DEFAULT_PROMPTS), {})
     reward_fn = get_reward(reward)  # before the (large) model: a bad reward name fails fast
-    sd3 = SD3Model.load(
+    targets = option(lora_target_modules, "ELBO_KERNELS_LORA_TARGETS", None)
+    adapter = load_model(
         model, device=device,
         weights_dtype=option(weights_dtype, "ELBO_KERNELS_WEIGHTS_DTYPE", None),
         resolution=option(resolution, "ELBO_KERNELS_RESOLUTION", None, int),
         gradient_checkpointing=option(gradient_checkpointing, "ELBO_KERNELS_GRADIENT_CHECKPOINTING", False, bool),
         without_t5=option(without_t5, "ELBO_KERNELS_WITHOUT_T5", False, bool),
+        frames=option(frames, "ELBO_KERNELS_FRAMES", None, int),
+        guidance=option(guidance, "ELBO_KERNELS_GUIDANCE", None, float),
+        lora_target_modules=targets.split(",") if isinstance(targets, str) else targets,
     )
 
     def reward_with_metadata(images, prompts_, metadata=None, **kwargs):
         if metadata is None and any(table.get(p) for p in prompts_):
             metadata = [table.get(p, {}) for p in prompts_]
+        if images.dim() == 5:  # video [N, C, F, H, W]
+            return video_reward(reward_fn, images, prompts_, metadata, **kwargs)
         return reward_fn(images, prompts_, metadata, **kwargs)
 
     eval_prompts = pool[:8]
@@ -114,5 +131,5 @@ def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, pr
             scores.append(np.asarray(result["avg"], dtype=np.float64))
         return {"reward_eval": float(np.concatenate(scores).mean())}
 
-    return Task(model=sd3, prompts=pool, reward_fn=reward_with_metadata, evaluate=evaluate_sd3,
+    return Task(model=adapter, prompts=pool, reward_fn=reward_with_metadata, evaluate=evaluate_sd3,
                 metric="reward_eval")

@@ -80,6 +80,7 @@ class Trainer:
             config.model, config.reward, device=self.device, eval_seeds=config.eval_seeds, prompts=config.prompts,
             weights_dtype=config.weights_dtype, resolution=config.resolution,
             gradient_checkpointing=config.gradient_checkpointing, without_t5=config.without_t5,
+            frames=config.frames, guidance=config.guidance, lora_target_modules=config.lora_target_modules,
         )
         self.model = self.task.model
         self.output = RunOutputs(Path(config.output_dir), config, enabled=self.accelerator.is_main_process)
