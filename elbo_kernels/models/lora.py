@@ -97,11 +97,16 @@ def active_adapter(transformer: torch.nn.Module, name) -> Iterator[None]:
             p.requires_grad_(flags[n])
 
 
-def save_adapter(transformer: torch.nn.Module, adapter_name: str, directory: os.PathLike) -> Path:
-    """Write peft's adapter files for ``adapter_name`` into ``directory`` (created)."""
+def save_adapter(transformer: torch.nn.Module, adapter_name: str, directory: os.PathLike, state=None) -> Path:
+    """Write peft's adapter files for ``adapter_name`` into ``directory`` (created).
+
+    ``state``: the adapter's weights under peft's names, when they were gathered elsewhere (a sharded
+    transformer's state dict holds shards, see train/sharding.py); else read from ``transformer``.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
+    if state is None:
+        state = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
     # Keys as PeftModel.save_pretrained writes them, so PeftModel.from_pretrained loads them too.
     state = {PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()}
     save_file(state, str(directory / ADAPTER_WEIGHTS))

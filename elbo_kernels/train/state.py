@@ -10,8 +10,8 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..models.lora import load_adapter, save_adapter
-from . import faults
+from ..models.lora import ADAPTER_WEIGHTS, PEFT_PREFIX, load_adapter, save_adapter
+from . import faults, sharding
 from .checkpoint import latest_checkpoint, rng_state, set_rng_state, write_checkpoint, write_json
 
 # Keys that must match between a checkpoint and the run resuming it: anything else would load
@@ -43,15 +43,53 @@ def _check_finite(trainer) -> None:
                                    f"non-finite values")
 
 
+def _gather(trainer) -> tuple:
+    """Sharded runs: full state dicts of the transformer and trained copies, and the optimizer state
+    keyed by name, on the main process ({} elsewhere). Collective: every process calls it."""
+    modules = {"transformer": trainer.transformer}
+    modules.update({f"transformer_{n}": m for n, m in trainer.copies.items() if n != "reference"})
+    weights = {name: sharding.full_state(m) for name, m in modules.items()}
+    return weights, sharding.gather_optimizer(trainer.transformer, trainer.optimizer)
+
+
+def _check_gathered(weights: dict, optimizer: dict) -> None:
+    for where, state in weights.items():
+        for name, value in state.items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise RuntimeError(f"refusing to checkpoint: {where} parameter {name} holds non-finite values")
+    for name, state in optimizer["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise RuntimeError(f"refusing to checkpoint: optimizer state {key!r} of {name} holds non-finite values")
+
+
 def save_state(trainer, before: dict) -> Optional[Path]:
-    """Write a complete checkpoint for the trainer's current epoch; returns its directory."""
+    """Write a complete checkpoint for the trainer's current epoch; returns its directory.
+
+    Sharded runs (FSDP) gather full state dicts first, on every process, and write the same layout
+    (sharding.py says why), with the optimizer state keyed by parameter name."""
+    sharded = getattr(trainer, "sharded", False)
+    weights, optimizer = _gather(trainer) if sharded else ({}, {})
     if not trainer.accelerator.is_main_process:
         return None
-    _check_finite(trainer)
+    if sharded:
+        _check_gathered(weights, optimizer)
+    else:
+        _check_finite(trainer)
     cfg = trainer.config
 
     def write(tmp: Path) -> None:
-        if cfg.lora_rank > 0:
+        if sharded and cfg.lora_rank > 0:
+            full = weights["transformer"]
+            shipped = "ema" if cfg.ema_decay > 0 else "default"
+            save_adapter(trainer.transformer, shipped, tmp, state=sharding.adapter_state(full, shipped))
+            for name in _adapter_names(trainer):
+                save_adapter(trainer.transformer, name, tmp / "adapters" / name,
+                             state=sharding.adapter_state(full, name))
+        elif sharded:
+            for name, state in weights.items():
+                save_file(state, str(tmp / f"{name}.safetensors"))
+        elif cfg.lora_rank > 0:
             shipped = "ema" if cfg.ema_decay > 0 else "default"
             save_adapter(trainer.transformer, shipped, tmp)
             for name in _adapter_names(trainer):
@@ -62,7 +100,10 @@ def save_state(trainer, before: dict) -> Optional[Path]:
                 if name != "reference":
                     save_file(_cpu_state(module), str(tmp / f"transformer_{name}.safetensors"))
         faults.point("checkpoint_write", trainer.epoch)
-        torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
+        if sharded:
+            torch.save(optimizer, tmp / sharding.OPTIMIZER_FILE)
+        else:
+            torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         write_json(tmp / "trainer_state.json", {
             "epoch": trainer.epoch,
@@ -90,7 +131,9 @@ def load_state(trainer) -> bool:
         return False
     state = json.loads((path / "trainer_state.json").read_text())
     check_resumable(state.get("config", {}), cfg.to_dict(), path)
-    if cfg.lora_rank > 0:
+    if getattr(trainer, "sharded", False):
+        _load_sharded(trainer, path)
+    elif cfg.lora_rank > 0:
         for name in _adapter_names(trainer):
             load_adapter(trainer.transformer, path / "adapters" / name, adapter_name=name)
         trainer.transformer.set_adapter("default")
@@ -101,7 +144,11 @@ def load_state(trainer) -> bool:
         for name, module in trainer.copies.items():
             if name != "reference":
                 module.load_state_dict(load_file(str(path / f"transformer_{name}.safetensors")))
-    trainer.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    if not getattr(trainer, "sharded", False):
+        if not (path / "optimizer.pt").is_file():
+            raise FileNotFoundError(f"checkpoint {path} has no optimizer.pt: it was written by a sharded (FSDP) run; "
+                                    f"resume it under the same accelerate FSDP config")
+        trainer.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))
     trainer.epoch = state["epoch"]
     trainer.step = state["step"]
@@ -111,6 +158,21 @@ def load_state(trainer) -> bool:
     trainer.tracker.load_state_dict(state["tracker"])
     trainer.output.resume(state["history"], state["before"], path)
     return True
+
+
+def _load_sharded(trainer, path: Path) -> None:
+    """Every process reads the full weights and keeps its shard (sharding.py)."""
+    if trainer.config.lora_rank > 0:
+        states = {name: {k.removeprefix(PEFT_PREFIX): v for k, v in
+                         load_file(str(path / "adapters" / name / ADAPTER_WEIGHTS)).items()}
+                  for name in _adapter_names(trainer)}
+        sharding.load_adapter_states(trainer.transformer, states)
+    else:
+        sharding.load_full_state(trainer.transformer, load_file(str(path / "transformer.safetensors")))
+        for name, module in trainer.copies.items():
+            if name != "reference":
+                sharding.load_full_state(module, load_file(str(path / f"transformer_{name}.safetensors")))
+    sharding.load_optimizer(trainer.transformer, trainer.optimizer, path / sharding.OPTIMIZER_FILE)
 
 
 def check_resumable(saved: dict, current: dict, path: Path) -> None:

@@ -43,6 +43,7 @@ from . import faults
 from .config import TrainConfig, require_known_reward
 from .outputs import RunOutputs
 from .policy_step import POLICY_STEPS, Rollout
+from .sharding import check_fsdp_launch, shard
 from .state import load_state, save_state
 from .task import Task, load_task
 
@@ -68,6 +69,7 @@ class Trainer:
             require_known_reward(config.reward)
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
+        self.sharded = check_fsdp_launch(config)  # FSDP2, see sharding.py
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
         self.device = self.accelerator.device
         world = self.accelerator.num_processes
@@ -107,17 +109,27 @@ class Trainer:
         if cfg.lora_rank > 0:
             add_lora(transformer, self.model.lora_target_modules, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
                      adapter_names=names, init_seed=cfg.seed)
+        else:
+            # Copied before sharding: each copy is sharded on its own and never reaches the optimizer.
+            self.copies = {"reference": copy.deepcopy(transformer).requires_grad_(False)}
+            for name in names[1:]:
+                self.copies[name] = copy.deepcopy(transformer).requires_grad_(False)
+        if self.sharded:
+            for module in (transformer, *self.copies.values()):
+                shard(module, self.device.type)
+        # Parameters are listed after sharding: fully_shard replaces them with sharded ones.
+        if cfg.lora_rank > 0:
             params = [p for n, p in transformer.named_parameters() if ".default." in n and "lora_" in n]
             for p in params:
                 p.requires_grad_(True)
         else:
-            self.copies = {"reference": copy.deepcopy(transformer).requires_grad_(False)}
-            for name in names[1:]:
-                self.copies[name] = copy.deepcopy(transformer).requires_grad_(False)
             transformer.requires_grad_(True)
             params = list(transformer.parameters())
         self.parameters = params
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if self.sharded:  # accelerate's prepare would add DDP on CPU processes (sharding.py)
+            self.transformer = transformer
+            return
         wrapped, self.optimizer = self.accelerator.prepare(transformer, self.optimizer)
         self.model.transformer = wrapped
         self.transformer = self.accelerator.unwrap_model(wrapped)
@@ -321,7 +333,9 @@ class Trainer:
                 self._flag("gradients", f"the gradients held {bad} non-finite value(s)")
         stepped = self._agreed_reason() is None
         if stepped:
-            if cfg.grad_clip > 0:
+            if cfg.grad_clip > 0 and self.sharded:
+                torch.nn.utils.clip_grad_norm_(self.parameters, cfg.grad_clip)  # a norm over all shards
+            elif cfg.grad_clip > 0:
                 self.accelerator.clip_grad_norm_(self.parameters, cfg.grad_clip)
             self.optimizer.step()
             faults.point("optimizer", self._epoch_number, self.accelerator.process_index)
