@@ -38,6 +38,10 @@ def fsdp_requested() -> bool:
 
 def check_fsdp_launch(config) -> bool:
     """Whether this run shards; ValueError naming the setting that the sharded path does not support."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise ValueError("accelerate config 'distributed_type: DEEPSPEED' is not supported: the trainer's policy "
+                         "copies, adapter switching and checkpoints were never run under DeepSpeed ZeRO; use "
+                         "configs/accelerate/fsdp.yaml (docs/models.md, Sharded training)")
     if not fsdp_requested():
         return False
     version = os.environ.get("FSDP_VERSION", "1")
