@@ -104,7 +104,10 @@ def write_checkpoint(root: Path, epoch: int, write_contents, keep: int) -> Path:
         # The half-written directory holds the space the next attempt needs; the previous
         # complete checkpoint is untouched.
         shutil.rmtree(tmp, ignore_errors=True)
-        raise storage_error(error, tmp, what=f"write checkpoint {final.name} to") from error
+        previous = latest_checkpoint(root)
+        raise storage_error(error, root, what=f"write checkpoint {final.name} in", next_step=(
+            f"the last complete checkpoint ({previous.name if previous else 'none'}) is intact: free some space, "
+            f"then run again with --resume")) from error
     faults.point("checkpoint_rename", epoch)
     if final.exists():
         # Rewriting an epoch (rare): move the old one aside atomically, never delete it in place,

@@ -104,16 +104,18 @@ def storage_cause(error: BaseException) -> Optional[int]:
     return None
 
 
-def storage_error(error: BaseException, path, what: str = "write") -> StorageError:
-    """A StorageError naming ``path``, why, and (for lack of space) the free space left there."""
+def storage_error(error: BaseException, path, what: str = "write", next_step: str = "") -> StorageError:
+    """A StorageError naming ``path`` (the file that failed when ``what`` is "write"), why, and (for
+    lack of space) the free space left there."""
     code = storage_cause(error) or errno.EIO
-    path = getattr(error, "filename", None) or path
+    if what == "write":
+        path = getattr(error, "filename", None) or path
     if code in NO_SPACE:
         free = free_space(path)
         room = f"{human_bytes(free)} free on that filesystem" if free is not None else "free space unknown"
         reason = {errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large (a file-size limit)"}.get(
             code, "no space left on device")
-        message = f"cannot {what} {path}: {reason} ({room}); free some space, then run again with --resume"
+        message = f"cannot {what} {path}: {reason} ({room}); {next_step or 'free some space, then run again'}"
     else:
         import os
 
@@ -134,11 +136,11 @@ def classify(error: BaseException) -> Tuple[int, Optional[str]]:
         return EXIT_MODEL, _one_line(error)
     if isinstance(error, OSError) and error.filename is not None:
         if storage_cause(error) is not None:
-            return EXIT_STORAGE, str(storage_error(error, error.filename))
+            return EXIT_STORAGE, _one_line(storage_error(error, error.filename))
         if isinstance(error, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
             return EXIT_USAGE, f"{error.strerror}: {error.filename}"
     if isinstance(error, OSError) and storage_cause(error) is not None:
-        return EXIT_STORAGE, str(storage_error(error, "the output directory"))
+        return EXIT_STORAGE, _one_line(storage_error(error, "the output directory"))
     return EXIT_BUG, None
 
 
