@@ -12,6 +12,7 @@ from typing import Callable, List, Optional
 
 from ..models.base import FlowModelAdapter
 from ..rewards import get_reward
+from .errors import ConfigError
 
 # sampler(prompts, num_steps=..., guidance_scale=..., seed=[one int per prompt]) -> images
 Sampler = Callable
@@ -25,6 +26,14 @@ class Task:
     reward_fn: Callable
     evaluate: Optional[Evaluator] = None
     metric: str = "digiteval"
+
+
+def _reward(name: str) -> Callable:
+    """get_reward, with its ValueError (a bad name, a missing server URL) reported as a config error."""
+    try:
+        return get_reward(name)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, prompts: Optional[str] = None,
@@ -61,7 +70,7 @@ def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, pr
         return Task(
             model=digits.DigitsModel.load(device=device),
             prompts=[digits.prompt(d) for d in range(10)],
-            reward_fn=get_reward(reward),
+            reward_fn=_reward(reward),
             evaluate=evaluate,
             metric="digiteval",
         )
@@ -88,7 +97,7 @@ def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, pr
 
     prompt_file = option(prompts, "ELBO_KERNELS_PROMPTS", None)
     pool, table = read_prompts(prompt_file) if prompt_file else (list(DEFAULT_PROMPTS), {})
-    reward_fn = get_reward(reward)  # before the (large) model: a bad reward name fails fast
+    reward_fn = _reward(reward)  # before the (large) model: a bad reward name fails fast
     sd3 = SD3Model.load(
         model, device=device,
         weights_dtype=option(weights_dtype, "ELBO_KERNELS_WEIGHTS_DTYPE", None),
