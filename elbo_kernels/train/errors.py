@@ -58,6 +58,18 @@ class ResumeError(ValueError):
     exit_code = EXIT_RESUME
 
 
+class NonFiniteError(RuntimeError):
+    """A non-finite value with on_non_finite "raise", or max_consecutive_skips skipped updates in a row."""
+
+    exit_code = EXIT_NON_FINITE
+
+
+class RewardError(RuntimeError):
+    """The reward function raised, or did not return one score per image (the run stops: never a silent drop)."""
+
+    exit_code = EXIT_REWARD
+
+
 class StorageError(OSError):
     """Writing the run's outputs failed for lack of space or permission; names the path (and free space)."""
 

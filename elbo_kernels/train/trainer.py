@@ -42,7 +42,7 @@ from ..models.lora import active_adapter, add_lora, blend_adapters
 from ..sampling import cfg_velocity, ode_sample, sde_sample, timestep_grid
 from . import faults
 from .config import TrainConfig, require_known_reward
-from .errors import EXIT_NON_FINITE, EXIT_REWARD, ConfigError, RunWarning
+from .errors import ConfigError, NonFiniteError, RewardError, RunWarning
 from .outputs import RunOutputs, claim_output_dir
 from .policy_step import POLICY_STEPS, Rollout
 from .ranks import FailureChannel
@@ -54,18 +54,6 @@ TRACKER_TYPE = {"standard": "grpo", "exact": "exact", "nft": "nft"}
 
 # Why an epoch's update was skipped, in the order an epoch meets them.
 SKIP_REASONS = ("rollout", "model_output", "reward", "loss", "gradients")
-
-
-class NonFiniteError(RuntimeError):
-    """A non-finite value with on_non_finite "raise", or max_consecutive_skips skipped updates in a row."""
-
-    exit_code = EXIT_NON_FINITE
-
-
-class RewardError(RuntimeError):
-    """The reward function raised, or did not return one score per image (the run stops: never a silent drop)."""
-
-    exit_code = EXIT_REWARD
 
 
 class Trainer:
