@@ -77,7 +77,8 @@ def read_manifest(directory: Path) -> Optional[dict]:
         files = value["files"]
         if not isinstance(files, dict):
             return None
-        value["files"] = {name: entry if isinstance(entry, dict) else {"size": entry} for name, entry in files.items()}
+        value["files"] = {name: entry if isinstance(entry, dict) else {"size": entry}
+                          for name, entry in files.items()}
         return value
     except (ValueError, KeyError, TypeError):
         return None

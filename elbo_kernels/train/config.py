@@ -232,7 +232,7 @@ def require_known_reward(spec: str) -> None:
         names = list(parse_weights(spec)) if ("," in spec or ":" in spec) else [spec]
     except ValueError as error:
         raise ConfigError(f"config key 'reward' has value {spec!r}; allowed: a reward name or a weighted list such "
-                         f"as 'pickscore:0.5,jpeg_compressibility:0.5' ({error})") from None
+                          f"as 'pickscore:0.5,jpeg_compressibility:0.5' ({error})") from None
     for name in names:
         _require(name in REWARDS, "reward", spec, "one of " + ", ".join(map(repr, REWARDS)) +
                  " or a weighted list of them such as 'pickscore:0.5,jpeg_compressibility:0.5'")

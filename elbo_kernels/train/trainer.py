@@ -77,8 +77,8 @@ class Trainer:
         world = self.accelerator.num_processes
         if config.batch_size % world:  # before loading anything
             raise ConfigError(f"config keys 'prompts_per_epoch' * 'group_size' = {config.prompts_per_epoch} * "
-                             f"{config.group_size} = {config.batch_size} must be divisible by the number of "
-                             f"processes ({world}), so every process holds an equal share")
+                              f"{config.group_size} = {config.batch_size} must be divisible by the number of "
+                              f"processes ({world}), so every process holds an equal share")
         claim_output_dir(Path(config.output_dir), resume=config.resume, overwrite=config.overwrite,
                          main_process=self.accelerator.is_main_process)
         torch.manual_seed(config.seed)
