@@ -101,8 +101,9 @@ def verify(directory: Path, names: Optional[Iterable[str]] = None) -> bool:
     """Check the files of ``directory`` (or only ``names`` of them) against its COMPLETE marker.
 
     Returns True when contents were checked, False when the marker predates content hashes
-    (sizes checked, contents not: a legacy checkpoint). Raises :class:`CorruptCheckpointError` naming the first file that
-    is missing, has another size, or whose content hash differs from the recorded one.
+    (sizes checked, contents not: a legacy checkpoint). Raises :class:`CorruptCheckpointError`
+    naming the first file that is missing, has another size, or whose content hash differs
+    from the recorded one.
     """
     directory = Path(directory)
     found = read_manifest(directory)
