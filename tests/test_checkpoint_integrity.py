@@ -151,3 +151,13 @@ def test_pruning_never_removes_the_checkpoint_just_written(tmp_path):
     write_checkpoint(root, 3, lambda tmp: (tmp / "x").write_bytes(b"y"), keep=2)
     assert sorted(p.name for p in root.iterdir()) == ["epoch-000003", "epoch-000055"]
 
+
+
+def test_a_checkpoint_of_an_older_version_loads_with_a_warning_that_contents_are_unchecked(suite, tmp_path):
+    out = copy_run(suite[2], tmp_path / "run")
+    for path in (out / "checkpoints").glob("epoch-*"):
+        listed = json.loads((path / COMPLETE).read_text())["files"]
+        (path / COMPLETE).write_text(json.dumps({"files": {n: e["size"] for n, e in listed.items()}}))
+    with pytest.warns(CheckpointWarning, match="written before content hashes: file sizes checked, contents not"):
+        harness.train(out, resume=True, epochs=4)
+    assert harness.differences(harness.final_state(out), suite[1].state(4)) == []

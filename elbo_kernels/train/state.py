@@ -99,7 +99,9 @@ def verified_checkpoint(root: Path, main_process: bool = True) -> Optional[Path]
     failed: List[str] = []
     for path in reversed(checkpoint_dirs(root)):
         try:
-            verify(path)
+            if not verify(path) and main_process:
+                warnings.warn(f"checkpoint {path} was written before content hashes: file sizes checked, contents "
+                              f"not", CheckpointWarning, stacklevel=2)
             return path
         except CorruptCheckpointError as error:
             reason = str(error).removeprefix(f"{path}: ")
