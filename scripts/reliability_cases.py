@@ -181,7 +181,7 @@ def rank_failure_trial(h, root: Path, kind: str) -> dict:
     named = {"value_error": "ValueError: v has a zero-size latent dimension",
              "out_of_memory": "OutOfMemoryError", "non_finite": "NonFiniteError"}[kind]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
                str(h.ROOT / "tests" / "multiprocess_failure_job.py"), kind, str(root / f"rank-{kind}")]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(h.ROOT))
     try:

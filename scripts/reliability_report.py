@@ -281,7 +281,7 @@ def multiprocess_trial(root: Path, fault: str) -> dict:
     """
     out = root / f"multiprocess-{fault.replace(':', '_').replace('=', '-')}"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
                str(ROOT / "tests" / "multiprocess_job.py"), str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", ELBO_KERNELS_FAULT=fault, PYTHONPATH=str(ROOT))
     try:

@@ -25,9 +25,10 @@ EXPECTED = {
 
 @pytest.mark.parametrize("kind", sorted(EXPECTED))
 def test_an_error_on_one_process_ends_every_process_with_the_error_named(tmp_path, kind):
+    # Port 0: a free rendezvous port, so concurrent launches on one machine never collide on 29500.
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(JOB), kind,
-               str(tmp_path / "run")]
+               "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(JOB), kind, str(tmp_path / "run")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     try:
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
