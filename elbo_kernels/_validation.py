@@ -29,6 +29,10 @@ def check_tensor(name: str, x, *, min_dim: int = 1, float_only: bool = True) -> 
         )
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch ({describe(x)}): at least one row is required")
+    if x.numel() == 0:
+        # A mean over zero latent elements is 0/0: every backend would return NaN without a word.
+        raise ValueError(f"{name} has a zero-size latent dimension ({describe(x)}): every dimension after the "
+                         f"batch must be >= 1")
     return x
 
 

@@ -1,11 +1,24 @@
-"""The ``elbo-kernels`` command line."""
+"""The ``elbo-kernels`` command line.
+
+An error the user can act on (a bad flag or value, a missing file, an unwritable or full
+disk, a resume that does not match, a failed reward, non-finite values, missing model
+weights) is one line on stderr and an exit code per class (elbo_kernels/train/errors.py);
+``--debug`` or ELBO_KERNELS_DEBUG=1 shows the traceback. Anything else is a bug: the
+traceback, and a request to report it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
+import time
+import traceback
+import warnings
 from typing import List, Optional
+
+DEBUG_ENV = "ELBO_KERNELS_DEBUG"
 
 
 def _version(module: str) -> str:
@@ -47,26 +60,80 @@ def train(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     trainer = Trainer(config)
+    args.trainer = trainer  # for the error handler: another process's failure explains this one's
     summary = trainer.fit()
     if trainer.accelerator.is_main_process:
         print(f"summary: {config.output_dir}/summary.json; final checkpoint: {summary['final_checkpoint']}")
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser; abbreviations are off everywhere (``--epoch 3`` must not silently mean ``--epochs 3``)."""
     from .train.config import add_arguments
 
-    parser = argparse.ArgumentParser(prog="elbo-kernels", description=__doc__)
+    parser = argparse.ArgumentParser(prog="elbo-kernels", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("info", help="versions, devices and backends").set_defaults(func=info)
+    commands.add_parser("info", help="versions, devices and backends", allow_abbrev=False).set_defaults(func=info)
     train_parser = commands.add_parser(
         "train", help="RL fine-tuning (default: pepg + adaptive ELBO + ODE rollouts on DigitEval)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
     )
     add_arguments(train_parser)
+    train_parser.add_argument("--debug", action="store_true", default=False,
+                              help=f"show the full traceback of any error (or set {DEBUG_ENV}=1)")
     train_parser.set_defaults(func=train)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _one_line_warning
+        try:
+            return args.func(args)
+        except Exception as error:  # noqa: BLE001 - every error is classified, reported, and given its exit code
+            return _report(error, getattr(args, "trainer", None), debug)
+        except KeyboardInterrupt as error:
+            return _report(error, getattr(args, "trainer", None), debug)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    from .train.errors import RunWarning
+
+    if issubclass(category, RunWarning):
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
+
+
+def _report(error: BaseException, trainer, debug: bool) -> int:
+    """Print the error (one line, or a traceback for a bug or with --debug) and return its exit code."""
+    from .train.errors import EXIT_BUG, classify
+
+    code, message = classify(error)
+    failures = getattr(trainer, "failures", None)
+    earlier = failures.failure() if failures is not None else None
+    if earlier is not None:
+        # This process's error (typically gloo's "Connection closed by peer") is a consequence.
+        code = int(earlier.get("exit_code") or EXIT_BUG)
+        message = f"process {earlier['process']} failed: {earlier['error']}"
+    if debug or message is None:
+        traceback.print_exception(error)
+    if message is None:
+        print(f"error: an unexpected {type(error).__name__} (above) -- a bug in elbo_kernels; please report it "
+              f"to the maintainers with this output and that of `elbo-kernels info`", file=sys.stderr)
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if failures is not None and failures.store is not None:
+        # Give the other processes' watchers (polling every 0.2 s) time to print the cause before the
+        # launcher tears them down, then exit without waiting on collectives or worker threads.
+        time.sleep(1.0)
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -126,3 +126,34 @@ def test_noise_seed_fields_are_checked():
         ek.elbo(args["v"], args["x0"], ek.NoiseSeed(-1), args["t"], backend="torch")
     with pytest.raises(TypeError, match=r"noise_seed.offset"):
         ek.elbo(args["v"], args["x0"], ek.NoiseSeed(1, 0.5), args["t"], backend="torch")
+
+
+def zero_size(n=4, shape=(0,)):
+    return dict(v=torch.zeros((n,) + shape), v_old=torch.zeros((n,) + shape), v_ref=torch.zeros((n,) + shape),
+                x0=torch.zeros((n,) + shape), noise=torch.zeros((n,) + shape), t=torch.full((n,), 0.5),
+                advantages=torch.zeros(n))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
+@pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 2, 2)])
+def test_zero_size_latents_are_rejected_in_every_op_and_backend(backend, shape):
+    a = zero_size(shape=shape)
+    expected = r"v has a zero-size latent dimension \(shape \(4, " + ", ".join(map(str, shape))
+    with pytest.raises(ValueError, match=expected):
+        ek.elbo(a["v"], a["x0"], a["noise"], a["t"], backend=backend)
+    with pytest.raises(ValueError, match=expected):
+        ek.policy_loss(a["v"], a["v_old"], a["v_ref"], a["x0"], a["noise"], a["t"], a["advantages"],
+                       backend=backend)
+    with pytest.raises(ValueError, match=expected):
+        ek.policy_loss(a["v"], a["v_old"], a["v_ref"], a["x0"], ek.NoiseSeed(1), a["t"], a["advantages"],
+                       backend=backend)
+    with pytest.raises(ValueError, match=expected):
+        ek.sde_step_log_prob(a["v"], a["x0"], a["noise"], 0.5, 0.4, backend=backend)
+    with pytest.raises(ValueError, match=r"x0 has a zero-size latent dimension"):
+        ek.noising(a["x0"], a["t"], a["noise"], backend=backend)
+
+
+def test_a_zero_size_argument_other_than_v_is_named():
+    a = zero_size(shape=(2,))
+    with pytest.raises(ValueError, match="x0 has a zero-size latent dimension"):
+        ek.elbo(a["v"], torch.zeros(4, 0), a["noise"], a["t"], backend="torch")

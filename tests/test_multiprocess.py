@@ -17,9 +17,10 @@ def launch(out: Path, processes: int) -> None:
     if processes == 1:
         command = [sys.executable, str(JOB), str(out)]
     else:
+        # Port 0: a free rendezvous port, so concurrent launches on one machine never collide on 29500.
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                   str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   str(JOB), str(out)]
+                   str(processes), "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no",
+                   "--dynamo_backend", "no", str(JOB), str(out)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 

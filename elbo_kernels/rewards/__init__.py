@@ -13,6 +13,10 @@ Registered names (``get_reward(name)``; ``"a:0.5,b:0.5"`` is the weighted sum, s
     geneval                 FlowGRPO's GenEval reward server at $ELBO_KERNELS_GENEVAL_URL
     remote                  any reward server at $ELBO_KERNELS_REWARD_URL
                             ($ELBO_KERNELS_REWARD_PROTOCOL: pickle | json)
+
+Both servers' retries: $ELBO_KERNELS_REWARD_RETRIES (default 5), $ELBO_KERNELS_REWARD_BACKOFF
+(seconds before the first retry, doubling; default 1) and $ELBO_KERNELS_REWARD_TIMEOUT (seconds
+per request; default 120).
 """
 
 from __future__ import annotations
@@ -55,9 +59,21 @@ def _remote(name: str, env: str):
             raise ValueError(f"reward {name!r} needs the reward server's URL in the environment variable {env} "
                              f"(e.g. {env}=http://127.0.0.1:18085)")
         protocol = os.environ.get("ELBO_KERNELS_REWARD_PROTOCOL", "pickle")
-        return RemoteReward(url, name=name, protocol=protocol)
+        tuning = {key: _env_number(var, kind) for key, var, kind in (
+            ("max_retries", "ELBO_KERNELS_REWARD_RETRIES", int), ("backoff", "ELBO_KERNELS_REWARD_BACKOFF", float),
+            ("timeout", "ELBO_KERNELS_REWARD_TIMEOUT", float)) if os.environ.get(var)}
+        return RemoteReward(url, name=name, protocol=protocol, **tuning)
 
     return factory
+
+
+def _env_number(var: str, kind):
+    text = os.environ[var]
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"environment variable {var} must be {'an int' if kind is int else 'a number'}, "
+                         f"got {text!r}") from None
 
 
 REWARDS: Dict[str, Callable[[], RewardFn]] = {

@@ -14,12 +14,16 @@ Layout of ``OUTPUT_DIR/checkpoints/epoch-000040/``:
 
 A rename is atomic on one filesystem, so a kill at any moment leaves either the
 previous complete checkpoint or the new one, never half of one. COMPLETE lists
-every file's size; a directory whose files do not match it is ignored (and pruned).
+every file's size and sha256 (elbo_kernels/_checksums.py): listing and pruning
+compare sizes (cheap), resuming and loading an adapter compare contents, and a
+checkpoint that fails is never loaded. A failed write (no space, no permission)
+removes its temporary directory and raises StorageError naming the path.
 docs/reliability.md has the fault-injection results.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -30,11 +34,16 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from .._checksums import COMPLETE, manifest, sizes_match
 from . import faults
+from .errors import storage_cause, storage_error
 
-COMPLETE = "COMPLETE"
 PREFIX = "epoch-"
 TRASH = ".trash-"
+TMP = ".tmp-"
+# A checkpoint that failed verification is renamed to this prefix: kept for inspection, never
+# loaded, and out of the count that pruning keeps.
+CORRUPT = "corrupt-"
 
 
 def _epoch_of(path: Path) -> Optional[int]:
@@ -45,23 +54,12 @@ def _epoch_of(path: Path) -> Optional[int]:
 def is_complete(path: Path) -> bool:
     """True when ``path`` holds a COMPLETE marker and every file it lists, at the size it lists.
 
-    The marker is written last, after every file is flushed to disk, and lists each file's size;
-    a directory whose files were truncated or removed afterwards (a partial prune, a disk that
-    lost unsynced data) is therefore not complete. Markers of older versions ("ok") carry no
-    list and are trusted.
+    The marker is written last, after every file is flushed to disk; a directory whose files
+    were truncated or removed afterwards (a partial prune, a disk that lost unsynced data) is
+    therefore not complete. This compares sizes only: contents are verified (hashes) before a
+    checkpoint is loaded (``_checksums.verify``). Markers of older versions ("ok") are trusted.
     """
-    marker = path / COMPLETE
-    try:
-        text = marker.read_text()
-    except OSError:
-        return False
-    if text.strip() == "ok":
-        return True
-    try:
-        listed = json.loads(text)["files"]
-        return all((path / name).stat().st_size == size for name, size in listed.items())
-    except (ValueError, KeyError, TypeError, AttributeError, OSError):
-        return False
+    return sizes_match(path)
 
 
 def checkpoint_dirs(root: Path) -> List[Path]:
@@ -85,22 +83,31 @@ def write_checkpoint(root: Path, epoch: int, write_contents, keep: int) -> Path:
     (each loses its marker before its files). A kill at any instant leaves the previous complete
     checkpoint loadable, and nothing half-written ever looks complete.
     """
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{epoch:06d}"
-    tmp = root / f".tmp-{PREFIX}{epoch:06d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    write_contents(tmp)
-    files = {}
-    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-        _fsync_file(path)
-        files[path.relative_to(tmp).as_posix()] = path.stat().st_size
-    for directory in sorted((p for p in tmp.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-        _fsync_dir(directory)
-    (tmp / COMPLETE).write_text(json.dumps({"epoch": epoch, "files": files}, indent=1) + "\n")
-    _fsync_file(tmp / COMPLETE)
-    _fsync_dir(tmp)
+    tmp = root / f"{TMP}{PREFIX}{epoch:06d}-{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        write_contents(tmp)
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            _fsync_file(path)
+        for directory in sorted((p for p in tmp.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            _fsync_dir(directory)
+        (tmp / COMPLETE).write_text(json.dumps(manifest(tmp, epoch), indent=1) + "\n")
+        _fsync_file(tmp / COMPLETE)
+        _fsync_dir(tmp)
+    except Exception as error:
+        if storage_cause(error) is None:
+            raise
+        # The half-written directory holds the space the next attempt needs; the previous
+        # complete checkpoint is untouched.
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(root)
+        raise storage_error(error, root, what=f"write checkpoint {final.name} in", next_step=(
+            f"the last complete checkpoint ({previous.name if previous else 'none'}) is intact: free some space, "
+            f"then run again with --resume")) from error
     faults.point("checkpoint_rename", epoch)
     if final.exists():
         # Rewriting an epoch (rare): move the old one aside atomically, never delete it in place,
@@ -111,15 +118,51 @@ def write_checkpoint(root: Path, epoch: int, write_contents, keep: int) -> Path:
     os.replace(tmp, final)
     _fsync_dir(root)
     faults.point("checkpoint_prune", epoch)
-    for old in checkpoint_dirs(root)[:-keep]:
+    tidy(root, keep, protect=final)
+    return final
+
+
+def tidy(root: Path, keep: int, protect: Optional[Path] = None) -> None:
+    """Remove what a killed run can leave behind, and prune to ``keep`` complete checkpoints.
+
+    Removes temporary and trash directories (a kill during a write or a rewrite), epoch
+    directories without a marker (a kill during a prune), and the oldest complete checkpoints
+    beyond ``keep``. ``protect`` (the checkpoint just written, or the one just resumed from) is
+    never removed, whatever its epoch. A directory whose marker does not match its files is
+    kept for inspection; it is ignored, never loaded. Run by every checkpoint write and at the
+    start of every run and resume.
+    """
+    if not root.is_dir():
+        return
+    complete = checkpoint_dirs(root)
+    others = [d for d in complete if protect is None or d.resolve() != protect.resolve()]
+    excess = len(others) - (keep - 1 if len(others) < len(complete) else keep)
+    for old in others[:max(0, excess)]:
         _remove(old)
-    for stale in list(root.glob(f".tmp-{PREFIX}*")) + list(root.glob(f"{TRASH}*")):
+    for stale in list(root.glob(f"{TMP}{PREFIX}*")) + list(root.glob(f"{TRASH}*")):
         _remove(stale)
-    # Leftovers of a prune that was killed (marker already gone). A directory whose marker does
-    # not match its files is kept for inspection; it is ignored, never loaded.
     for unmarked in [p for p in root.iterdir() if _epoch_of(p) is not None and not (p / COMPLETE).exists()]:
         _remove(unmarked)
-    return final
+
+
+def quarantine(path: Path) -> Path:
+    """Rename a checkpoint that failed verification to ``corrupt-epoch-XXXXXX`` (kept, never loaded)."""
+    target = path.with_name(CORRUPT + path.name)
+    index = 1
+    while target.exists():
+        index += 1
+        target = path.with_name(f"{CORRUPT}{path.name}.{index}")
+    os.replace(path, target)
+    return target
+
+
+def save_torch(value, path: Path) -> None:
+    """torch.save through memory: a full disk then raises OSError naming the file (torch's own zip
+    writer reports it as "unexpected pos ...", which says nothing about space)."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def _remove(path: Path) -> None:

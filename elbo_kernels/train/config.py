@@ -25,6 +25,7 @@ from ..advantages import ADVANTAGE_MODES
 from ..backends import BACKENDS
 from ..estimators import NOISE_MODES, SDE_TYPES, TIMESTEP_SAMPLERS, WEIGHTINGS
 from ..objectives import KL_ESTIMATORS, OBJECTIVES
+from .errors import ConfigError
 
 ESTIMATORS = ("elbo", "trajectory")
 # Keys whose value may be None ("none" on the command line).
@@ -42,7 +43,9 @@ class TrainConfig:
     reward: str = field(default="digit", metadata={"help": "reward name (see elbo_kernels.rewards)"})
     output_dir: str = field(default="outputs/digits", metadata={"help": "where metrics, plots and checkpoints go"})
     seed: int = field(default=0, metadata={"help": "global seed (each epoch and process derives its own)"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint that verifies"})
+    overwrite: bool = field(default=False, metadata={"help": "delete another run's files in output_dir first "
+                            "(without it, a run refuses to start where another run's files are)"})
     prompts: Optional[str] = field(default=None, metadata={"help": "SD3: prompt file (.txt, or FlowGRPO .jsonl with metadata)"})
     weights_dtype: Optional[str] = field(default=None, metadata={"help": "SD3: fp32 | bf16 | fp16 for the frozen weights"})
     resolution: Optional[int] = field(default=None, metadata={"help": "SD3: image size in pixels (512)"})
@@ -153,7 +156,7 @@ class TrainConfig:
             value = getattr(self, key)
             _require(_finite(value) and 0 <= value < 1, key, value, "a number in [0, 1)")
         _require(self.seed < 2 ** 63, "seed", self.seed, "an int in [0, 2**63)")
-        for key in ("resume", "plots", "tensorboard", "progress"):
+        for key in ("resume", "overwrite", "plots", "tensorboard", "progress"):
             _require(isinstance(getattr(self, key), bool), key, getattr(self, key), "true or false")
         for key in ("model", "reward", "output_dir"):
             _require(isinstance(getattr(self, key), str) and getattr(self, key) != "", key, getattr(self, key),
@@ -194,6 +197,8 @@ class TrainConfig:
                  "none or a number > 0")
         if self.stop_at is not None:
             _require(_finite(self.stop_at) and 0 < self.stop_at <= 1, "stop_at", self.stop_at, "a number in (0, 1]")
+        _require(not (self.resume and self.overwrite), "overwrite", self.overwrite,
+                 "false with resume (resume continues the run in output_dir; overwrite deletes it)")
         return self
 
     # ------------------------------------------------------------------------------------------
@@ -205,14 +210,19 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; see `elbo-kernels train --help`")
+            raise ConfigError(f"unknown config key(s) {unknown}; see `elbo-kernels train --help`")
         return cls(**{k: _none(v) if k in OPTIONAL else v for k, v in values.items()})
 
     @classmethod
     def from_yaml(cls, path) -> "TrainConfig":
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as error:
+            raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from None
         if not isinstance(values, dict):
-            raise ValueError(f"config file {path} must hold a mapping of keys to values")
+            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
         return cls.from_dict(values)
 
     def save_yaml(self, path) -> None:
@@ -233,8 +243,8 @@ def require_known_reward(spec: str) -> None:
     try:
         names = list(parse_weights(spec)) if ("," in spec or ":" in spec) else [spec]
     except ValueError as error:
-        raise ValueError(f"config key 'reward' has value {spec!r}; allowed: a reward name or a weighted list such "
-                         f"as 'pickscore:0.5,jpeg_compressibility:0.5' ({error})") from None
+        raise ConfigError(f"config key 'reward' has value {spec!r}; allowed: a reward name or a weighted list such "
+                          f"as 'pickscore:0.5,jpeg_compressibility:0.5' ({error})") from None
     for name in names:
         _require(name in REWARDS, "reward", spec, "one of " + ", ".join(map(repr, REWARDS)) +
                  " or a weighted list of them such as 'pickscore:0.5,jpeg_compressibility:0.5'")
@@ -246,7 +256,7 @@ def _none(value):
 
 def _require(ok: bool, key: str, value, allowed: str) -> None:
     if not ok:
-        raise ValueError(f"config key {key!r} has value {value!r}; allowed: {allowed}")
+        raise ConfigError(f"config key {key!r} has value {value!r}; allowed: {allowed}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -284,6 +294,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             try:
                 overrides[key] = kind(overrides[key])
             except ValueError:
-                raise ValueError(f"config key {key!r} has value {overrides[key]!r}; allowed: none or a number") from None
+                raise ConfigError(f"config key {key!r} has value {overrides[key]!r}; allowed: none or a number") from None
     values.update(overrides)
     return TrainConfig.from_dict(values)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Dict, Optional
@@ -11,9 +12,39 @@ from typing import Dict, Optional
 from tqdm.auto import tqdm
 
 from .checkpoint import write_json
+from .errors import OutputDirError
 
 GRID_SEEDS = 8
 GRID_ROWS = 10
+# What a run writes into its output directory: finding any of these means another run's files are there.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "tensorboard", "curve.png",
+             "samples_before.png", "samples_after.png")
+
+
+def claim_output_dir(root: Path, *, resume: bool, overwrite: bool, main_process: bool = True) -> None:
+    """An output directory belongs to one run.
+
+    Without ``resume``, a directory holding another run's files (RUN_FILES) is refused with
+    OutputDirError -- mixing two runs' checkpoints once pruned the new run's only checkpoint and
+    resumed the old run -- unless ``overwrite``, which deletes those files (only those: anything
+    else in the directory is the user's) on the main process. With ``resume`` the directory is
+    the run to continue (state.load_state decides what to load).
+    """
+    if resume:
+        return
+    found = [name for name in RUN_FILES if (root / name).exists() or (root / name).is_symlink()]
+    if not found:
+        return
+    if not overwrite:
+        raise OutputDirError(f"output_dir {root} holds another run ({', '.join(found)}): pass --resume to continue "
+                             f"it, --overwrite to delete it first, or choose another --output_dir")
+    if main_process:
+        for name in found:
+            path = root / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 class Timer:

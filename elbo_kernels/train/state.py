@@ -5,21 +5,28 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .._checksums import CorruptCheckpointError, verify
 from ..models.lora import ADAPTER_WEIGHTS, PEFT_PREFIX, load_adapter, save_adapter
 from . import faults, sharding
-from .checkpoint import latest_checkpoint, rng_state, set_rng_state, write_checkpoint, write_json
+from .checkpoint import (checkpoint_dirs, quarantine, rng_state, save_torch, set_rng_state, tidy, write_checkpoint,
+                         write_json)
+from .errors import ResumeError, RunWarning
+
+
+class CheckpointWarning(RunWarning):
+    """A checkpoint failed verification and was set aside; resume fell back to an older one."""
 
 # Keys that must match between a checkpoint and the run resuming it: anything else would load
 # into a differently shaped model, or redraw a different batch, without saying so.
 RESUME_MUST_MATCH = ("model", "reward", "seed", "prompts_per_epoch", "group_size", "lora_rank", "lora_alpha",
                      "ema_decay", "estimator", "sampler", "num_steps", "draws_per_sample", "lora_target_modules")
 # Keys that change nothing already computed: a resumed run may set them freely.
-RESUME_MAY_CHANGE = ("output_dir", "resume", "epochs", "eval_every", "eval_seeds", "stop_at", "checkpoint_every",
+RESUME_MAY_CHANGE = ("output_dir", "resume", "overwrite", "epochs", "eval_every", "eval_seeds", "stop_at", "checkpoint_every",
                      "keep_checkpoints", "plots", "tensorboard", "progress", "on_non_finite",
                      "max_consecutive_skips")
 
@@ -101,10 +108,10 @@ def save_state(trainer, before: dict) -> Optional[Path]:
                     save_file(_cpu_state(module), str(tmp / f"transformer_{name}.safetensors"))
         faults.point("checkpoint_write", trainer.epoch)
         if sharded:
-            torch.save(optimizer, tmp / sharding.OPTIMIZER_FILE)
+            save_torch(optimizer, tmp / sharding.OPTIMIZER_FILE)
         else:
-            torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+            save_torch(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
+        save_torch(rng_state(), tmp / "rng.pt")
         write_json(tmp / "trainer_state.json", {
             "epoch": trainer.epoch,
             "step": trainer.step,
@@ -123,14 +130,78 @@ def _cpu_state(module: torch.nn.Module) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
+def verified_checkpoint(root: Path, main_process: bool = True) -> Optional[Path]:
+    """The newest checkpoint under ``root`` whose files match their recorded hashes; None if there is none.
+
+    A checkpoint that fails is never loaded: a CheckpointWarning names it and why, and the main
+    process renames it to corrupt-epoch-XXXXXX (kept for inspection, out of pruning's count).
+    Raises ResumeError (one line, naming ``root``) when checkpoints exist but none verifies.
+    """
+    failed: List[str] = []
+    for path in reversed(checkpoint_dirs(root)):
+        try:
+            if not verify(path) and main_process:
+                warnings.warn(f"checkpoint {path} was written before content hashes: file sizes checked, contents "
+                              f"not", CheckpointWarning, stacklevel=2)
+            return path
+        except CorruptCheckpointError as error:
+            reason = str(error).removeprefix(f"{path}: ")
+            failed.append(f"{path.name} ({reason})")
+            moved = ""
+            if not main_process:
+                continue
+            try:
+                moved = f"; moved aside to {quarantine(path).name}"
+            except OSError:
+                pass
+            warnings.warn(f"checkpoint {path} fails verification: {reason}{moved}; falling back to the previous "
+                          f"checkpoint", CheckpointWarning, stacklevel=2)
+    if failed:
+        raise ResumeError(f"no checkpoint under {root} verifies ({'; '.join(failed)}); nothing was loaded. Restore "
+                          f"the files, or start the run again with --overwrite")
+    return None
+
+
 def load_state(trainer) -> bool:
-    """Restore the last complete checkpoint; False when there is none (a fresh run)."""
+    """Restore the newest checkpoint that verifies; False when there is none (a fresh run).
+
+    Cleans what a killed run left (temporary directories, checkpoints beyond keep_checkpoints)
+    on the main process. Raises ResumeError when checkpoints exist but none verifies, when the
+    checkpoint's config differs in a key that must match, or when a verified checkpoint cannot
+    be loaded into this model.
+    """
     cfg = trainer.config
-    path = latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
+    root = Path(cfg.output_dir) / "checkpoints"
+    main = trainer.accelerator.is_main_process
+    path = verified_checkpoint(root, main_process=main)
     if path is None:
+        if main:
+            tidy(root, cfg.keep_checkpoints)
         return False
-    state = json.loads((path / "trainer_state.json").read_text())
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ResumeError(f"checkpoint {path} verified but its trainer_state.json cannot be read: {error}") from error
     check_resumable(state.get("config", {}), cfg.to_dict(), path)
+    try:
+        _load_weights(trainer, path)
+    except (OSError, RuntimeError, ValueError, KeyError) as error:
+        raise ResumeError(f"checkpoint {path} verified but does not load into this model "
+                          f"({type(error).__name__}: {' '.join(str(error).split())[:300]})") from error
+    trainer.epoch = state["epoch"]
+    trainer.step = state["step"]
+    trainer.consecutive_skips = state.get("consecutive_skips", 0)
+    trainer.transformer_rows = state["transformer_rows"]
+    trainer.history = state["history"]
+    trainer.tracker.load_state_dict(state["tracker"])
+    trainer.output.resume(state["history"], state["before"], path)
+    if main:
+        tidy(root, cfg.keep_checkpoints, protect=path)
+    return True
+
+
+def _load_weights(trainer, path: Path) -> None:
+    cfg = trainer.config
     if getattr(trainer, "sharded", False):
         _load_sharded(trainer, path)
     elif cfg.lora_rank > 0:
@@ -150,14 +221,6 @@ def load_state(trainer) -> bool:
                                     f"resume it under the same accelerate FSDP config")
         trainer.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))
-    trainer.epoch = state["epoch"]
-    trainer.step = state["step"]
-    trainer.consecutive_skips = state.get("consecutive_skips", 0)
-    trainer.transformer_rows = state["transformer_rows"]
-    trainer.history = state["history"]
-    trainer.tracker.load_state_dict(state["tracker"])
-    trainer.output.resume(state["history"], state["before"], path)
-    return True
 
 
 def _load_sharded(trainer, path: Path) -> None:
@@ -176,15 +239,15 @@ def _load_sharded(trainer, path: Path) -> None:
 
 
 def check_resumable(saved: dict, current: dict, path: Path) -> None:
-    """ValueError when the run's config differs from the checkpoint's in a key that must match;
+    """ResumeError (a ValueError) when the run's config differs from the checkpoint's in a key that must match;
     a warning for other differences (the resumed run is then not the uninterrupted one)."""
     mismatched = [k for k in RESUME_MUST_MATCH if k in saved and saved[k] != current.get(k)]
     if mismatched:
         details = ", ".join(f"{k}: checkpoint {saved[k]!r}, now {current.get(k)!r}" for k in mismatched)
-        raise ValueError(f"cannot resume from {path}: config key(s) differ ({details}); use the checkpoint's "
-                         f"values or a new output_dir")
+        raise ResumeError(f"cannot resume from {path}: config key(s) differ ({details}); use the checkpoint's "
+                          f"values, or a new output_dir")
     changed = [k for k in saved if k not in RESUME_MUST_MATCH + RESUME_MAY_CHANGE and saved[k] != current.get(k)]
     if changed:
         warnings.warn(f"resuming from {path} with changed config key(s) "
                       f"{', '.join(f'{k}: {saved[k]!r} -> {current.get(k)!r}' for k in changed)}; the run will "
-                      f"differ from an uninterrupted one", stacklevel=3)
+                      f"differ from an uninterrupted one", RunWarning, stacklevel=3)

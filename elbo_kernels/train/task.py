@@ -13,6 +13,7 @@ from typing import Callable, List, Optional
 from ..models.base import FlowModelAdapter
 from ..rewards import get_reward
 from ..rewards.video import video_reward
+from .errors import ConfigError
 
 # sampler(prompts, num_steps=..., guidance_scale=..., seed=[one int per prompt]) -> images
 Sampler = Callable
@@ -26,6 +27,14 @@ class Task:
     reward_fn: Callable
     evaluate: Optional[Evaluator] = None
     metric: str = "digiteval"
+
+
+def _reward(name: str) -> Callable:
+    """get_reward, with its ValueError (a bad name, a missing server URL) reported as a config error."""
+    try:
+        return get_reward(name)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, prompts: Optional[str] = None,
@@ -71,7 +80,7 @@ def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, pr
         return Task(
             model=digits.DigitsModel.load(device=device),
             prompts=[digits.prompt(d) for d in range(10)],
-            reward_fn=get_reward(reward),
+            reward_fn=_reward(reward),
             evaluate=evaluate,
             metric="digiteval",
         )
@@ -99,7 +108,7 @@ def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, pr
 
     prompt_file = option(prompts, "ELBO_KERNELS_PROMPTS", None)
     pool, table = read_prompts(prompt_file) if prompt_file else (list(DEFAULT_PROMPTS), {})
-    reward_fn = get_reward(reward)  # before the (large) model: a bad reward name fails fast
+    reward_fn = _reward(reward)  # before the (large) model: a bad reward name fails fast
     targets = option(lora_target_modules, "ELBO_KERNELS_LORA_TARGETS", None)
     adapter = load_model(
         model, device=device,

@@ -28,6 +28,7 @@ import contextlib
 import copy
 import hashlib
 import time
+import warnings
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -41,8 +42,10 @@ from ..models.lora import active_adapter, add_lora, blend_adapters
 from ..sampling import cfg_velocity, ode_sample, sde_sample, timestep_grid
 from . import faults
 from .config import TrainConfig, require_known_reward
-from .outputs import RunOutputs
+from .errors import ConfigError, NonFiniteError, RewardError, RunWarning
+from .outputs import RunOutputs, claim_output_dir
 from .policy_step import POLICY_STEPS, Rollout
+from .ranks import FailureChannel
 from .sharding import check_fsdp_launch, shard
 from .state import load_state, save_state
 from .task import Task, load_task
@@ -54,14 +57,6 @@ TRACKER_TYPE = {"standard": "grpo", "exact": "exact", "nft": "nft"}
 SKIP_REASONS = ("rollout", "model_output", "reward", "loss", "gradients")
 
 
-class NonFiniteError(RuntimeError):
-    """A non-finite value with on_non_finite "raise", or max_consecutive_skips skipped updates in a row."""
-
-
-class RewardError(RuntimeError):
-    """The reward function raised, or did not return one score per image (the run stops: never a silent drop)."""
-
-
 class Trainer:
     def __init__(self, config: TrainConfig, task: Optional[Task] = None):
         self.config = config.validate()
@@ -71,12 +66,23 @@ class Trainer:
             torch.set_num_threads(config.num_threads)
         self.sharded = check_fsdp_launch(config)  # FSDP2, see sharding.py
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
+        # From here on, an error on this process is reported to the others (ranks.py).
+        self.failures = FailureChannel(self.accelerator.process_index, self.accelerator.num_processes)
+        try:
+            self._build(config, task)
+        except BaseException as error:
+            self.failures.report(error)
+            raise
+
+    def _build(self, config: TrainConfig, task: Optional[Task]) -> None:
         self.device = self.accelerator.device
         world = self.accelerator.num_processes
         if config.batch_size % world:  # before loading anything
-            raise ValueError(f"config keys 'prompts_per_epoch' * 'group_size' = {config.prompts_per_epoch} * "
-                             f"{config.group_size} = {config.batch_size} must be divisible by the number of "
-                             f"processes ({world}), so every process holds an equal share")
+            raise ConfigError(f"config keys 'prompts_per_epoch' * 'group_size' = {config.prompts_per_epoch} * "
+                              f"{config.group_size} = {config.batch_size} must be divisible by the number of "
+                              f"processes ({world}), so every process holds an equal share")
+        claim_output_dir(Path(config.output_dir), resume=config.resume, overwrite=config.overwrite,
+                         main_process=self.accelerator.is_main_process)
         torch.manual_seed(config.seed)
         self.task = task or load_task(
             config.model, config.reward, device=self.device, eval_seeds=config.eval_seeds, prompts=config.prompts,
@@ -422,11 +428,23 @@ class Trainer:
 
     # --- the loop -----------------------------------------------------------------------------------
     def fit(self) -> dict:
+        """Train to the configured end and return the summary. An exception on any process is
+        reported to the others, which stop with it instead of waiting in a collective (ranks.py)."""
+        try:
+            return self._fit()
+        except BaseException as error:
+            self.failures.report(error)
+            raise
+
+    def _fit(self) -> dict:
         cfg = self.config
         start = time.perf_counter()
         if cfg.resume and load_state(self):
             before = self.output.summary_before
         else:
+            if cfg.resume and self.accelerator.is_main_process:
+                warnings.warn(f"nothing to resume in {cfg.output_dir} (no checkpoint): starting a fresh run",
+                              RunWarning, stacklevel=2)
             before = self.evaluate()
             self.output.start(before, self.sample, self.task.prompts)
         clock = self.output.clock_offset

@@ -140,12 +140,20 @@ def load_pipeline(adapter: Optional[Union[str, Path]] = None, device="cpu", merg
         merge: fold the LoRA weights into the transformer (faster sampling, same outputs).
     Returns:
         :class:`DigitsPipeline` in eval mode.
+    Raises:
+        FileNotFoundError: no adapter where ``adapter`` leads. CorruptCheckpointError (a
+        ValueError): the adapter lies in a checkpoint and its files differ from those written.
     """
     model = DigitsModel.load(device=device)
     if adapter is not None:
         from peft import PeftModel
 
-        peft_model = PeftModel.from_pretrained(model.transformer, str(resolve_adapter_dir(adapter)))
+        from ..._checksums import verify_adapter
+
+        directory = resolve_adapter_dir(adapter)
+        # Inside a checkpoint, the adapter's files must match the hashes recorded when it was written.
+        verify_adapter(directory, ("adapter_model.safetensors", "adapter_config.json"))
+        peft_model = PeftModel.from_pretrained(model.transformer, str(directory))
         model.transformer = peft_model.merge_and_unload() if merge else peft_model
         model.transformer.to(device).eval()
     return DigitsPipeline(model)
