@@ -43,12 +43,26 @@ def available_backends() -> dict:
     }
 
 
+# torch.compile runs this once, eagerly, while it traces (its result, a string, becomes a constant
+# of the graph): so the C++ extension is built or loaded, and a Triton op module imported (which
+# registers its op), before the trace reaches the op -- also when compiling before any eager call.
+@torch.compiler.assume_constant_result
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Turn a user's backend name into a concrete usable backend for ``device``.
 
+    A fused backend returned here is loaded: its ops are registered with the torch dispatcher.
     Raises ValueError for an unknown name, or for a named backend that cannot
     run tensors on ``device`` here (the message says why).
     """
+    resolved = _resolve(backend, device)
+    if resolved == "triton":
+        from .ops._dispatch import register_triton_ops
+
+        register_triton_ops()
+    return resolved
+
+
+def _resolve(backend: str, device: torch.device) -> str:
     from ._validation import check_choice
     from .ops import _cpp, _triton
 
