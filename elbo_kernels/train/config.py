@@ -38,7 +38,8 @@ ON_NON_FINITE = ("skip", "raise")
 class TrainConfig:
     # What to train, on what, where.
     model: str = field(default="digits", metadata={"help": "'digits' (embedded) or an SD3 hub id / local path"})
-    reward: str = field(default="digit", metadata={"help": "reward name (see elbo_kernels.rewards)"})
+    reward: str = field(default="digit", metadata={"help": "reward name (see elbo_kernels.rewards), weighted "
+                        "list 'a:0.5,b:0.5', or your own 'package.module:attribute' (FlowGRPO's reward signature)"})
     output_dir: str = field(default="outputs/digits", metadata={"help": "where metrics, plots and checkpoints go"})
     seed: int = field(default=0, metadata={"help": "global seed (each epoch and process derives its own)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint"})
@@ -216,16 +217,19 @@ def require_known_reward(spec: str) -> None:
 
     Checked by the Trainer when it builds the task from the config (a task passed in brings its
     own reward function, and the key is unused)."""
-    from ..rewards import REWARDS, parse_weights
+    from ..rewards import REWARDS, is_import_path, parse_weights
 
+    if is_import_path(spec):  # your own reward: imported (and checked) when the task is built
+        return
     try:
         names = list(parse_weights(spec)) if ("," in spec or ":" in spec) else [spec]
     except ValueError as error:
         raise ValueError(f"config key 'reward' has value {spec!r}; allowed: a reward name or a weighted list such "
                          f"as 'pickscore:0.5,jpeg_compressibility:0.5' ({error})") from None
     for name in names:
-        _require(name in REWARDS, "reward", spec, "one of " + ", ".join(map(repr, REWARDS)) +
-                 " or a weighted list of them such as 'pickscore:0.5,jpeg_compressibility:0.5'")
+        _require(name in REWARDS or is_import_path(name), "reward", spec, "one of " + ", ".join(map(repr, REWARDS)) +
+                 ", your own as 'package.module:attribute', or a weighted list of them such as "
+                 "'pickscore:0.5,jpeg_compressibility:0.5'")
 
 
 def _none(value):
