@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
 from setuptools.command.sdist import sdist
 
@@ -73,4 +73,11 @@ class SdistWithCsrc(sdist):
         _copy_csrc(Path(base_dir) / "csrc")
 
 
-setup(cmdclass={"build_py": BuildPyWithCsrc, "sdist": SdistWithCsrc})
+class MaybeBinaryDistribution(Distribution):
+    """A wheel that carries a prebuilt library is tagged for this Python and platform, not py3-none-any."""
+
+    def has_ext_modules(self):
+        return _build_at_install() or super().has_ext_modules()
+
+
+setup(cmdclass={"build_py": BuildPyWithCsrc, "sdist": SdistWithCsrc}, distclass=MaybeBinaryDistribution)

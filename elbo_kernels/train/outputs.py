@@ -142,11 +142,27 @@ class RunOutputs:
             write_json(self.root / "summary.json", summary)
             if self._writer is not None:
                 self._writer.close()
-            spent = ", ".join(f"{p} {s:.1f}s" for p, s in totals.items())
-            print(f"{metric} {summary[f'{metric}_before']} -> {summary[f'{metric}_after']}, diversity "
-                  f"{summary['diversity_before']} -> {summary['diversity_after']}; wall {wall_seconds:.1f}s "
-                  f"(training: {spent}; the rest is loading, evaluation, plots and checkpoints)")
+            print(summary_line(summary, metric))
         return summary
+
+
+def summary_line(summary: dict, metric: str) -> str:
+    """The run's result for a person: rounded numbers, and only the quantities the task measured
+    (a task without an evaluation has no metric or diversity to report)."""
+    def change(name: str, key: str, digits: int) -> Optional[str]:
+        before, after = summary.get(f"{key}_before"), summary.get(f"{key}_after")
+        if before is None and after is None:
+            return None
+        show = lambda x: "n/a" if x is None else f"{x:.{digits}f}"  # noqa: E731
+        return f"{name} {show(before)} -> {show(after)}"
+
+    parts = [change(metric, metric, 3), change("diversity", "diversity", 2)]
+    if summary.get("reward_first") is not None:
+        parts.append(f"reward (mean of an epoch's rollouts) {summary['reward_first']:.3f} -> "
+                     f"{summary['reward_last']:.3f}")
+    spent = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in summary["training_seconds"].items())
+    return (", ".join(p for p in parts if p) + f"; wall {summary['wall_seconds']:.1f} s (training: {spent}; the "
+            "rest is loading, evaluation, plots and checkpoints)")
 
 
 def _scalars(result: dict) -> dict:
