@@ -43,10 +43,6 @@ def available_backends() -> dict:
     }
 
 
-# torch.compile runs this once, eagerly, while it traces (its result, a string, becomes a constant
-# of the graph): so the C++ extension is built or loaded, and a Triton op module imported (which
-# registers its op), before the trace reaches the op -- also when compiling before any eager call.
-@torch.compiler.assume_constant_result
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Turn a user's backend name into a concrete usable backend for ``device``.
 
@@ -60,6 +56,15 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
         register_triton_ops()
     return resolved
+
+
+# torch.compile runs resolve_backend once, eagerly, while it traces (its result, a string, becomes a
+# constant of the graph): so the C++ extension is built or loaded, and a Triton op module imported
+# (which registers its op), before the trace reaches the op, also when compiling before any eager
+# call. The mark is what torch.compiler.assume_constant_result sets (torch/_dynamo/decorators.py);
+# calling that would import torch._dynamo at import time, 2-3 s that `elbo-kernels --help` and every
+# script importing the library would pay. tests/test_compile_public_api.py fails if the mark stops working.
+resolve_backend._dynamo_marked_constant = True
 
 
 def _resolve(backend: str, device: torch.device) -> str:

@@ -6,7 +6,16 @@
 
 from .config import TrainConfig
 from .task import Task
-from .trainer import NonFiniteError, Trainer
+
+
+def __getattr__(name: str):
+    # The trainer imports peft, accelerate and diffusers (seconds): only when it is used, so that
+    # `elbo-kernels train --help` and config handling stay fast.
+    if name in ("Trainer", "NonFiniteError", "RewardError"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def train(config: TrainConfig, task=None) -> dict:
@@ -24,7 +33,9 @@ def train(config: TrainConfig, task=None) -> dict:
         ValueError naming the config key for a bad value; RewardError / NonFiniteError (RuntimeError) when
         the reward fails or training meets non-finite values (see docs/reliability.md).
     """
+    from .trainer import Trainer
+
     return Trainer(config, task).fit()
 
 
-__all__ = ["NonFiniteError", "Task", "TrainConfig", "Trainer", "train"]
+__all__ = ["NonFiniteError", "RewardError", "Task", "TrainConfig", "Trainer", "train"]

@@ -55,7 +55,8 @@ class RunOutputs:
         if self.config.plots:
             from .plots import sample_grid
 
-            sample_grid(sampler, self.root / "samples_before.png", prompts[:GRID_ROWS], seeds=GRID_SEEDS)
+            sample_grid(sampler, self.root / "samples_before.png", prompts[:GRID_ROWS], seeds=GRID_SEEDS,
+                        title="before training: the base model, no CFG")
 
     def resume(self, history: list, before: dict, checkpoint: Path) -> None:
         self.summary_before = before
@@ -136,9 +137,9 @@ class RunOutputs:
                 from .plots import learning_curve, sample_grid
 
                 sample_grid(trainer.sample, self.root / "samples_after.png", trainer.task.prompts[:GRID_ROWS],
-                            seeds=GRID_SEEDS)
+                            seeds=GRID_SEEDS, title=f"after {trainer.epoch} epochs: the evaluated policy, no CFG")
                 learning_curve(history, self.root / "curve.png", metric=metric,
-                               before=summary[f"{metric}_before"])
+                               before=summary[f"{metric}_before"], diversity_before=summary["diversity_before"])
             write_json(self.root / "summary.json", summary)
             if self._writer is not None:
                 self._writer.close()

@@ -37,6 +37,7 @@ import torch
 from accelerate import Accelerator
 
 from ..advantages import PerPromptStatTracker
+from ..backends import resolve_backend
 from ..models.lora import active_adapter, add_lora, blend_adapters
 from ..sampling import cfg_velocity, ode_sample, sde_sample, timestep_grid
 from . import faults
@@ -70,6 +71,9 @@ class Trainer:
             torch.set_num_threads(config.num_threads)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
         self.device = self.accelerator.device
+        # Build or load the fused kernels now, not inside the first timed epoch: a first build takes a
+        # minute, which showed as a flat gap in the learning curve and a progress bar stuck at 0%.
+        resolve_backend(config.backend, self.device)
         world = self.accelerator.num_processes
         if config.batch_size % world:  # before loading anything
             raise ValueError(f"config keys 'prompts_per_epoch' * 'group_size' = {config.prompts_per_epoch} * "
