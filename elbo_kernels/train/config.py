@@ -25,6 +25,7 @@ from ..advantages import ADVANTAGE_MODES
 from ..backends import BACKENDS
 from ..estimators import NOISE_MODES, SDE_TYPES, TIMESTEP_SAMPLERS, WEIGHTINGS
 from ..objectives import KL_ESTIMATORS, OBJECTIVES
+from .trackers import REPORT_TO
 
 ESTIMATORS = ("elbo", "trajectory")
 # Keys whose value may be None ("none" on the command line).
@@ -105,7 +106,10 @@ class TrainConfig:
     checkpoint_every: int = field(default=20, metadata={"help": "epochs between checkpoints (the last is always saved)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "complete checkpoints kept on disk"})
     plots: bool = field(default=True, metadata={"help": "write curve.png and sample grids"})
-    tensorboard: bool = field(default=True, metadata={"help": "also log to TensorBoard"})
+    tensorboard: bool = field(default=True, metadata={"help": "false turns TensorBoard off whatever report_to says "
+                              "(the older key)"})
+    report_to: str = field(default="tensorboard", metadata={"help": "experiment trackers (through accelerate): "
+                           "tensorboard | wandb | all | none; wandb needs pip install -e \".[wandb]\""})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     # ------------------------------------------------------------------------------------------
@@ -129,6 +133,7 @@ class TrainConfig:
             "backend": BACKENDS,
             "mixed_precision": ("no", "fp16", "bf16"),
             "on_non_finite": ON_NON_FINITE,
+            "report_to": REPORT_TO,
         }
         for key, allowed in choices.items():
             _require(getattr(self, key) in allowed, key, getattr(self, key), "one of " + ", ".join(map(repr, allowed)))

@@ -45,6 +45,7 @@ from .config import TrainConfig, require_known_reward
 from .outputs import RunOutputs
 from .policy_step import POLICY_STEPS, Rollout
 from .state import load_state, save_state
+from .trackers import build_trackers, tracker_names
 from .task import Task, load_task
 
 TRACKER_TYPE = {"standard": "grpo", "exact": "exact", "nft": "nft"}
@@ -69,7 +70,9 @@ class Trainer:
             require_known_reward(config.reward)
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
+        trackers = build_trackers(tracker_names(config.report_to, config.tensorboard), Path(config.output_dir))
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
+                                       log_with=trackers or None)
         self.device = self.accelerator.device
         # Build or load the fused kernels now, not inside the first timed epoch: a first build takes a
         # minute, which showed as a flat gap in the learning curve and a progress bar stuck at 0%.
@@ -86,7 +89,8 @@ class Trainer:
             gradient_checkpointing=config.gradient_checkpointing, without_t5=config.without_t5,
         )
         self.model = self.task.model
-        self.output = RunOutputs(Path(config.output_dir), config, enabled=self.accelerator.is_main_process)
+        self.output = RunOutputs(Path(config.output_dir), config, enabled=self.accelerator.is_main_process,
+                                 accelerator=self.accelerator)
         self.tracker = PerPromptStatTracker(scale=config.advantage_scale, adv_clip_max=config.adv_clip_max)
         self.epoch = 0
         self.step = 0
