@@ -74,14 +74,14 @@ class Trainer:
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
                                        log_with=trackers or None)
         self.device = self.accelerator.device
-        # Build or load the fused kernels now, not inside the first timed epoch: a first build takes a
-        # minute, which showed as a flat gap in the learning curve and a progress bar stuck at 0%.
-        resolve_backend(config.backend, self.device)
         world = self.accelerator.num_processes
         if config.batch_size % world:  # before loading anything
             raise ValueError(f"config keys 'prompts_per_epoch' * 'group_size' = {config.prompts_per_epoch} * "
                              f"{config.group_size} = {config.batch_size} must be divisible by the number of "
                              f"processes ({world}), so every process holds an equal share")
+        # Build or load the fused kernels now, not inside the first timed epoch: a first build takes a
+        # minute, which showed as a flat gap in the learning curve and a progress bar stuck at 0%.
+        resolve_backend(config.backend, self.device)
         torch.manual_seed(config.seed)
         self.task = task or load_task(
             config.model, config.reward, device=self.device, eval_seeds=config.eval_seeds, prompts=config.prompts,
