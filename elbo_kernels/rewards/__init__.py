@@ -76,10 +76,14 @@ REWARDS: Dict[str, Callable[[], RewardFn]] = {
 
 
 def is_import_path(spec: str) -> bool:
-    """True for "package.module:attribute" (dotted identifiers on both sides of one colon)."""
+    """True for "package.module:attribute" (dotted identifiers on both sides of one colon).
+
+    A registered reward name before the colon is a name and a weight ("brightness:x" is a bad
+    weight, not the attribute x of a module brightness).
+    """
     module, sep, attribute = spec.partition(":")
     dotted = lambda text: bool(text) and all(part.isidentifier() for part in text.split("."))  # noqa: E731
-    return bool(sep) and dotted(module) and dotted(attribute)
+    return bool(sep) and module not in REWARDS and dotted(module) and dotted(attribute)
 
 
 def parse_weights(spec: str) -> Dict[str, float]:
