@@ -16,21 +16,26 @@ def register_triton_ops() -> None:
         importlib.import_module(f"{__package__}._triton.{name}")
 
 
+def load_backend(name: str, backend: str) -> bool:
+    """Build or load the C++ extension ("cpu" / "cuda"), or import the Triton op module ("triton")."""
+    if backend in ("cpu", "cuda"):
+        from . import _cpp
+
+        _cpp.load()
+    elif backend == "triton":
+        importlib.import_module(f"{__package__}._triton.{name}")
+    else:
+        raise ValueError(f"unknown fused backend {backend!r} for {name}; expected 'cpu', 'cuda' or 'triton'")
+    return True
+
+
+# Marked as resolve_backend is (see its comment in backends.py): torch.compile runs it eagerly
+# while tracing instead of tracing the build, its lock and the import machinery.
+load_backend._dynamo_marked_constant = True
+
+
 def fused_op(name: str, backend: str):
     """``torch.ops.elbo_kernels.<name>`` for "cpu" / "cuda" (the C++ extension, built on first use),
-    ``torch.ops.elbo_kernels.<name>_triton`` for "triton" (registered by ops/_triton/<name>.py).
-
-    While torch.compile traces, the backend was already loaded by ``resolve_backend`` (which the
-    compiler runs eagerly), and loading here would put a lock and a build in the traced code.
-    """
-    if backend in ("cpu", "cuda"):
-        if not torch.compiler.is_compiling():
-            from . import _cpp
-
-            _cpp.load()
-        return getattr(torch.ops.elbo_kernels, name)
-    if backend == "triton":
-        if not torch.compiler.is_compiling():
-            importlib.import_module(f"{__package__}._triton.{name}")
-        return getattr(torch.ops.elbo_kernels, f"{name}_triton")
-    raise ValueError(f"unknown fused backend {backend!r} for {name}; expected 'cpu', 'cuda' or 'triton'")
+    ``torch.ops.elbo_kernels.<name>_triton`` for "triton" (registered by ops/_triton/<name>.py)."""
+    load_backend(name, backend)
+    return getattr(torch.ops.elbo_kernels, name if backend in ("cpu", "cuda") else f"{name}_triton")
