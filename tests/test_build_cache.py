@@ -1,7 +1,6 @@
 """Where the C++ extension is built: one directory per source content and toolchain, a visible
 build, an honest "loaded from cache", and the ahead-of-time build at install."""
 
-import os
 import shutil
 import subprocess
 import sys
