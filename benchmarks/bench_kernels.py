@@ -8,11 +8,13 @@ For each op (forward + backward where the op has a gradient) and shape, times
 
 and reports the median time, achieved GB/s from the bytes the op must move (its
 bandwidth floor), the machine's measured copy bandwidth, the ratio to the
-floor, and peak memory. Writes benchmarks/results/kernels_<device>.json and a
-PNG plot.
+floor, and peak memory. Writes kernels_<device>.json with a PNG plot and a markdown
+table to outputs/bench/ (not tracked by git); --save writes them to the committed
+benchmarks/results/ instead, for a run meant to replace the published numbers.
 
     python benchmarks/bench_kernels.py                 # full sweep
     python benchmarks/bench_kernels.py --quick         # one shape, few repeats
+    python benchmarks/bench_kernels.py --save          # full sweep, into benchmarks/results/
 """
 
 from __future__ import annotations
@@ -155,7 +157,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="one shape, fp32, few repeats")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/kernels_<device>.json)")
+    parser.add_argument("--out", default=None, help="JSON path (default outputs/bench/kernels_<device>.json)")
+    parser.add_argument("--save", action="store_true",
+                        help="write to the committed benchmarks/results/ (replacing the published results)")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="batch sizes N (default 8 16 32 64)")
     parser.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--variants", nargs="+", default=None,
@@ -198,7 +202,7 @@ def main(argv=None) -> dict:
         "device": device, "machine": machine, "torch": torch.__version__, "copy_bandwidth_gbps": bandwidth / 1e9,
         "latent": list(LATENT), "repeats": repeats, "rows": rows,
     }
-    out = Path(args.out) if args.out else ROOT / "results" / f"kernels_{device}{'_quick' if args.quick else ''}.json"
+    out = output_path(args, device)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     plot(result, out.with_suffix(".png"))
@@ -206,6 +210,14 @@ def main(argv=None) -> dict:
     print(table(result))
     print(f"wrote {out} and its .png and .md")
     return result
+
+
+def output_path(args: argparse.Namespace, device: str) -> Path:
+    """--out if given; the committed benchmarks/results/ only with --save; else outputs/bench/ (untracked)."""
+    if args.out:
+        return Path(args.out)
+    name = f"kernels_{device}{'_quick' if args.quick else ''}.json"
+    return (ROOT / "results" if args.save else ROOT.parent / "outputs" / "bench") / name
 
 
 def table(result: dict) -> str:

@@ -1,6 +1,6 @@
 """The design-space study (arXiv 2602.04663) on DigitEval: time to DigitEval 0.9 per method.
 
-Every method is a TrainConfig override of the same trainer (DESIGN.md section 1):
+Every method is a TrainConfig override of the same trainer (docs/design.md section 1):
 
     flowgrpo        trajectory estimator, SDE rollouts, PPO-clip (grpo), std-normalised advantages,
                     KL on the SDE step means (the trainer's trajectory "girsanov")

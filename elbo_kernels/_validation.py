@@ -3,11 +3,18 @@
 Every check raises ``ValueError`` or ``TypeError`` whose message names the
 argument, what was expected and what came in. Nothing here is silent: a shape
 that would broadcast wrongly is an error, never a reshape.
+
+Under ``torch.compile`` shape, dtype and device checks run at trace time as in
+eager mode, but checks of tensor *values* (finiteness, ranges) cannot branch on
+data without breaking the graph. There they become ``torch._assert_async``
+nodes in the compiled graph (:func:`require_all`): the same condition, checked
+on the device, raising RuntimeError with a message naming the argument (without
+the offending values, which a compiled graph cannot format).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
@@ -36,7 +43,29 @@ def check_tensor(name: str, x, *, min_dim: int = 1, float_only: bool = True) -> 
     return x
 
 
+def compiling() -> bool:
+    """True while torch.compile traces the caller (value checks must not branch on data then)."""
+    return torch.compiler.is_compiling()
+
+
+def require_all(condition: torch.Tensor, message: str, got: Optional[Callable[[], str]] = None) -> None:
+    """Raise ValueError unless every element of the bool tensor ``condition`` is true.
+
+    ``message`` names the argument and what is expected; ``got()`` (eager mode only) describes
+    the values that came in. While compiling, this is a ``torch._assert_async`` of the same
+    condition with ``message`` (RuntimeError when the compiled graph runs).
+    """
+    if compiling():
+        torch._assert_async(condition.all(), message)
+        return
+    if not bool(condition.all()):
+        raise ValueError(message + (f", got {got()}" if got is not None else ""))
+
+
 def check_finite(name: str, x: torch.Tensor) -> None:
+    if compiling():
+        torch._assert_async(torch.isfinite(x).all(), f"{name} contains non-finite values (NaN or Inf)")
+        return
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf); {describe(x)}")
@@ -48,7 +77,14 @@ def check_finite_through(output: torch.Tensor, what: str, **inputs) -> None:
     Scanning every [N, D] input for NaN/Inf would cost a full extra read of each (more than
     the fused kernel itself). Any non-finite element reaches the op's row sums, so the inputs
     are scanned only when the output is non-finite, to name the argument that carried it.
+    While compiling, the output's finiteness is asserted in the graph, and the message lists
+    the arguments that may have carried the NaN/Inf.
     """
+    if compiling():
+        names = ", ".join(name for name, x in inputs.items() if isinstance(x, torch.Tensor))
+        torch._assert_async(torch.isfinite(output).all(),
+                            f"{what} is non-finite: one of {names} contains NaN or Inf (or the values overflow)")
+        return
     if bool(torch.isfinite(output).all()):
         return
     for name, x in inputs.items():
@@ -119,10 +155,13 @@ def check_per_draw(name: str, x, n: int, device: torch.device) -> torch.Tensor:
 def check_timesteps(t: torch.Tensor, *, allow_zero: bool = False) -> None:
     check_finite("t", t)
     low_ok = (t >= 0) if allow_zero else (t > 0)
-    if not bool((low_ok & (t <= 1)).all()):
-        lo, hi = float(t.min()), float(t.max())
-        interval = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ValueError(f"t must lie in {interval}, got values in [{lo:g}, {hi:g}]")
+    interval = "[0, 1]" if allow_zero else "(0, 1]"
+    require_all(low_ok & (t <= 1), f"t must lie in {interval}", lambda: values_range(t))
+
+
+def values_range(x: torch.Tensor) -> str:
+    """'values in [lo, hi]' for an error message (eager mode only: it reads the data)."""
+    return f"values in [{float(x.min()):g}, {float(x.max()):g}]"
 
 
 def check_choice(name: str, value, allowed: Iterable) -> None:

@@ -46,9 +46,28 @@ def available_backends() -> dict:
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Turn a user's backend name into a concrete usable backend for ``device``.
 
+    A fused backend returned here is loaded: its ops are registered with the torch dispatcher.
     Raises ValueError for an unknown name, or for a named backend that cannot
     run tensors on ``device`` here (the message says why).
     """
+    resolved = _resolve(backend, device)
+    if resolved == "triton":
+        from .ops._dispatch import register_triton_ops
+
+        register_triton_ops()
+    return resolved
+
+
+# torch.compile runs resolve_backend once, eagerly, while it traces (its result, a string, becomes a
+# constant of the graph): so the C++ extension is built or loaded, and a Triton op module imported
+# (which registers its op), before the trace reaches the op, also when compiling before any eager
+# call. The mark is what torch.compiler.assume_constant_result sets (torch/_dynamo/decorators.py);
+# calling that would import torch._dynamo at import time, 2-3 s that `elbo-kernels --help` and every
+# script importing the library would pay. tests/test_compile_public_api.py fails if the mark stops working.
+resolve_backend._dynamo_marked_constant = True
+
+
+def _resolve(backend: str, device: torch.device) -> str:
     from ._validation import check_choice
     from .ops import _cpp, _triton
 

@@ -1,4 +1,4 @@
-"""Naive references written straight from DESIGN.md section 2, in float64.
+"""Naive references written straight from docs/design.md section 2, in float64.
 
 Deliberately unlike the library: everything goes through x_t and x0_hat, one
 draw at a time, with explicit per-objective formulas, so that a shared mistake

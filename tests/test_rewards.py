@@ -204,7 +204,26 @@ def test_pickscore_hub_default_offline_is_a_clear_error(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path))  # an empty cache, whatever this machine has
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
     assert out.startswith("RewardUnavailableError") and "laion/CLIP-ViT-H-14-laion2B-s32B-b79K" in out
-    assert "huggingface-cli download" in out
+    assert "`hf download laion/CLIP-ViT-H-14-laion2B-s32B-b79K --local-dir DIR`" in out
+    assert "HF_HUB_OFFLINE is set" in out
+
+
+def test_unreachable_hub_fails_without_retrying_and_names_the_hf_command(tmp_path):
+    """No HF_HUB_OFFLINE, but the endpoint refuses connections (a closed local port): the error
+    comes from the reachability check, not from the hub client's retries."""
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = ("from elbo_kernels.rewards import multi_score\n"
+            "try:\n    multi_score({'pickscore': 1.0})\nexcept OSError as e:\n    print(type(e).__name__, e)\n")
+    env = dict(os.environ, HF_HOME=str(tmp_path), HF_ENDPOINT=f"http://127.0.0.1:{port}")
+    env.pop("HF_HUB_OFFLINE", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
+    assert out.startswith("RewardUnavailableError"), out
+    assert f"127.0.0.1:{port} is unreachable" in out
+    assert "`hf download laion/CLIP-ViT-H-14-laion2B-s32B-b79K --local-dir DIR`" in out
 
 
 # ----------------------------------------------------------------------------- remote reward servers

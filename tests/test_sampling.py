@@ -126,7 +126,7 @@ def test_ode_rejects_velocity_of_wrong_shape():
 
 
 def flowgrpo_sde_step(v, x, sigma, sigma_prev, sigma_max, noise_level):
-    """The DESIGN's SDE step, written out independently of the library: (mean, step std)."""
+    """The SDE step of docs/design.md section 2, written out independently of the library: (mean, step std)."""
     sigma_for_ratio = sigma_max if sigma == 1 else sigma
     std = noise_level * math.sqrt(sigma / (1 - sigma_for_ratio))
     dt = sigma_prev - sigma

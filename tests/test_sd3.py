@@ -135,7 +135,7 @@ def test_bad_weights_dtype_is_named(tiny_dir):
 def test_missing_local_path_says_so_and_how_to_fix(tmp_path):
     with pytest.raises(ModelNotAvailableError, match="does not exist") as info:
         SD3Model.load(str(tmp_path / "nowhere"))
-    assert "huggingface-cli download" in str(info.value)
+    assert "hf download" in str(info.value)
 
 
 def test_missing_component_is_named(tiny_dir, tmp_path):
@@ -155,7 +155,7 @@ def test_hub_id_offline_names_repo_and_fix(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
     assert out.startswith("ModelNotAvailableError")
     assert "'stabilityai/stable-diffusion-3.5-medium' is not in the local Hugging Face cache" in out
-    assert "HF_HUB_OFFLINE=1" in out and "huggingface-cli download" in out
+    assert "HF_HUB_OFFLINE=1" in out and "hf download" in out
 
 
 # ----------------------------------------------------------------------------- prompts and load_task

@@ -31,7 +31,17 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._validation import check_choice, check_finite, check_finite_through, check_per_draw, check_positive, check_same_layout, check_tensor
+from .._validation import (
+    check_choice,
+    check_finite,
+    check_finite_through,
+    check_per_draw,
+    check_positive,
+    check_same_layout,
+    check_tensor,
+    require_all,
+    values_range,
+)
 from ..backends import resolve_backend
 from ..ops.sde_step import sde_step_op
 
@@ -62,11 +72,9 @@ def sde_step_coefficients(
     sp = sigma_prev.to(torch.float64)
     dt = sp - s
     if sde_type == "sde":
-        if sigma_max is None and bool((s == 1).any()):
-            raise ValueError(
-                "sigma_max is required when sigma == 1 (FlowGRPO substitutes the scheduler's "
-                "second grid value, sigmas[1], to avoid dividing by zero)"
-            )
+        if sigma_max is None:
+            require_all(s != 1, "sigma_max is required when sigma == 1 (FlowGRPO substitutes the scheduler's "
+                        "second grid value, sigmas[1], to avoid dividing by zero)")
         denominator = torch.where(s == 1, torch.full_like(s, sigma_max or 0.0), s)
         std = noise_level * torch.sqrt(s / (1 - denominator))
         a_x = 1 + std.square() * dt / (2 * s)
@@ -129,10 +137,8 @@ def sde_step_log_prob(
     sigma_prev = check_per_draw("sigma_prev", sigma_prev, n, v.device)
     check_finite("sigma", sigma)
     check_finite("sigma_prev", sigma_prev)
-    if not bool(((sigma > 0) & (sigma <= 1)).all()):
-        raise ValueError(f"sigma must lie in (0, 1], got values in [{float(sigma.min()):g}, {float(sigma.max()):g}]")
-    if not bool(((sigma_prev >= 0) & (sigma_prev < sigma)).all()):
-        raise ValueError("sigma_prev must satisfy 0 <= sigma_prev < sigma for every row")
+    require_all((sigma > 0) & (sigma <= 1), "sigma must lie in (0, 1]", lambda: values_range(sigma))
+    require_all((sigma_prev >= 0) & (sigma_prev < sigma), "sigma_prev must satisfy 0 <= sigma_prev < sigma for every row")
     if sigma_max is not None and not 0 < sigma_max < 1:
         raise ValueError(f"sigma_max must lie in (0, 1), got {sigma_max!r}")
     coef, std, _ = sde_step_coefficients(

@@ -162,8 +162,8 @@ def load_pipeline(source: str = DEFAULT_MODEL, *, dtype=None, without_t5: bool =
         repo = DEFAULT_MODEL if _is_local(source) else source
         raise ModelNotAvailableError(
             f"cannot load the SD3 pipeline from {source!r}: {reason}.\n"
-            f"Fix: on a machine with internet access run `huggingface-cli login` (SD3.5 is gated: accept "
-            f"its license on the hub first) and `huggingface-cli download {repo} "
+            f"Fix: on a machine with internet access run `hf auth login` (SD3.5 is gated: accept "
+            f"its license on the hub first) and `hf download {repo} "
             f"--local-dir /path/to/sd3`, copy that directory here and pass it as the model "
             f"(`elbo-kernels train --model /path/to/sd3`), or populate HF_HOME's cache. "
             f"Underlying error: {type(error).__name__}: {error}"

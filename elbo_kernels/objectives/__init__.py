@@ -1,4 +1,4 @@
-"""Policy objectives and KL terms on ELBO estimates (DESIGN.md section 2)."""
+"""Policy objectives and KL terms on ELBO estimates (docs/design.md section 2)."""
 
 from .kl import KL_ESTIMATORS
 from .policy_loss import log_prob_policy_loss, policy_loss

@@ -14,7 +14,16 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from .._validation import check_choice, check_finite, check_finite_through, check_per_draw, check_positive, row_count
+from .._validation import (
+    check_choice,
+    check_finite,
+    check_finite_through,
+    check_per_draw,
+    check_positive,
+    require_all,
+    row_count,
+    values_range,
+)
 from ..backends import resolve_backend
 from ..estimators.elbo import WEIGHTINGS, elbo_from_sums, validate_draws
 from ..ops.noise import NoiseSeed
@@ -90,12 +99,10 @@ def policy_loss(
     _, t = validate_draws(v, x0, noise, t, v_old=v_old, v_ref=v_ref)
     advantages = check_per_draw("advantages", advantages, v.shape[0], v.device)
     check_finite("advantages", advantages)
-    if objective == "nft" and not bool(((advantages >= 0) & (advantages <= 1)).all()):
-        raise ValueError(
-            "advantages for objective 'nft' are optimality probabilities in [0, 1] "
-            f"(group_advantages(mode='nft') makes them), got values in "
-            f"[{float(advantages.min()):g}, {float(advantages.max()):g}]"
-        )
+    if objective == "nft":
+        require_all((advantages >= 0) & (advantages <= 1),
+                    "advantages for objective 'nft' are optimality probabilities in [0, 1] "
+                    "(group_advantages(mode='nft') makes them)", lambda: values_range(advantages))
 
     backend = resolve_backend(backend, v.device)
     is_nft = objective == "nft"

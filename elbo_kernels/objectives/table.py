@@ -1,7 +1,7 @@
 """The policy objectives of the design-space study, as a table of small per-draw functions.
 
 Each function maps a :class:`Draws` (per-draw scalars, [N] each) to the per-draw
-loss [N]; the batch loss is its mean. Notation (DESIGN.md section 2):
+loss [N]; the batch loss is its mean. Notation (docs/design.md section 2):
 
     e_theta   ELBO under the current policy (carries the gradient)
     e_old     ELBO under the old / behaviour policy (no gradient)

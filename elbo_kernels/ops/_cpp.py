@@ -1,8 +1,11 @@
 """Builds and loads the C++/CUDA extension (csrc/) and registers its autograd and fake impls.
 
 The extension is compiled on first use with ``torch.utils.cpp_extension.load``
-(JIT; cached in the torch extensions directory, ``TORCH_EXTENSIONS_DIR``;
-ninja rebuilds only what changed, headers included). Sources come from the
+(JIT) into a directory of the torch extensions cache (``TORCH_EXTENSIONS_DIR``)
+named by a hash of the sources' content and the toolchain (ops/_build_cache.py),
+so checkouts and virtual environments never rebuild each other's binary; a build
+says so on stderr, a later process loads the cached binary without running the
+builder. Sources come from the
 repository's top-level ``csrc/`` (editable install) or from the copy that
 setup.py ships inside the package (``elbo_kernels/csrc``, wheel install).
 
@@ -23,10 +26,14 @@ Environment:
   CUDA_HOME                    the CUDA toolkit root. Unset: found from nvcc on PATH
                                (following a wrapper script to the toolkit it runs),
                                CUDA_PATH, or /usr/local/cuda(-*) (``cuda_home()``).
+  ELBO_KERNELS_BUILD_AT_INSTALL=1   setup.py builds the extension ahead of time into the
+                               package (needs torch in the build environment:
+                               pip install --no-build-isolation ...).
   TORCH_EXTENSIONS_DIR, MAX_JOBS, CXX   as for any torch extension.
 
 Command line:
   python -m elbo_kernels.ops._cpp                     build (if needed) and print the status
+  python -m elbo_kernels.ops._cpp --prebuild DIR      ahead-of-time build into DIR (setup.py uses it)
   python -m elbo_kernels.ops._cpp --compile-cuda-only [-o FILE.o]
       compile csrc/cuda_kernels.cu to an object with nvcc -c against the installed
       torch headers (works with a CPU-only torch; catches CUDA code rot in CI).
@@ -51,6 +58,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from ..backends import BackendStatus
+from . import _build_cache
 
 NAMESPACE = "elbo_kernels"
 CPU_SOURCES = ("elbo_ops.cpp", "cpu_kernels.cpp")
@@ -196,24 +204,81 @@ def _tail(text: str) -> str:
     return text if len(text) <= _TAIL_CHARS else "...\n" + text[-_TAIL_CHARS:]
 
 
-def _build(name: str, sources: Sequence[Path], with_cuda: bool) -> str:
-    """Compile (or reuse) and load one variant; returns its build directory."""
+def _build(name: str, sources: Sequence[Path], with_cuda: bool) -> "tuple[Path, str]":
+    """Load one variant, building it first if needed; returns (its directory, what happened).
+
+    Looked up in order: the package's prebuilt binaries (ahead-of-time build, keyed by
+    source content, flags, torch and Python), then the build cache keyed by those and the
+    toolchain (ops/_build_cache.py), and only then compiled, with a message on stderr: a
+    first build takes about a minute, and a silent minute looks like a hang.
+    """
+    flags = _flags(with_cuda)
+    inputs = list(sources) + [sources[0].parent / h for h in HEADERS]
+    abi = _build_cache.abi_parts(inputs, flags)
+    prebuilt = _build_cache.prebuilt_directory(name, abi)
+    if _build_cache.is_complete(prebuilt, name):
+        torch.ops.load_library(str(_build_cache.library_path(prebuilt, name)))
+        return prebuilt, "loaded the ahead-of-time build"
+    parts = _build_cache.build_parts(inputs, flags, _nvcc() if with_cuda else None)
+    directory = _build_cache.build_directory(name, parts)
+    if _build_cache.is_complete(directory, name):
+        torch.ops.load_library(str(_build_cache.library_path(directory, name)))
+        return directory, "loaded from cache"
+    what = "C++/CUDA kernels (first use, a few minutes)" if with_cuda else "C++ kernels (first use, about a minute)"
+    print(f"elbo_kernels: building the {what} in {directory} ...", file=sys.stderr, flush=True)
+    _compile(name, inputs, with_cuda, directory)
+    _build_cache.mark_complete(directory, parts)
+    return directory, "built"
+
+
+def _flags(with_cuda: bool) -> List[str]:
+    return _CFLAGS + _OPENMP + (["cuda:"] + _CUDA_CFLAGS if with_cuda else [])
+
+
+def _compile(name: str, inputs: Sequence[Path], with_cuda: bool, directory: Path) -> None:
+    """torch's JIT builder on copies of the sources inside ``directory`` (identical commands from
+    every checkout, so ninja never rebuilds for a path change); loads the result."""
     from torch.utils import cpp_extension
 
-    build_dir = cpp_extension._get_build_directory(name, verbose=False)
+    staged = _build_cache.stage_sources(inputs, directory)
+    compiled = [s for s in staged if s.name not in HEADERS]
     cpp_extension.load(
         name=name,
-        sources=[str(s) for s in sources],
+        sources=[str(s) for s in compiled],
         extra_cflags=_CFLAGS + _OPENMP,
         extra_ldflags=list(_OPENMP),
         extra_cuda_cflags=_CUDA_CFLAGS if with_cuda else None,
-        extra_include_paths=[str(sources[0].parent)],
-        build_directory=build_dir,
+        extra_include_paths=[str(directory / "src")],
+        build_directory=str(directory),
         with_cuda=with_cuda,
         is_python_module=False,
         verbose=False,
     )
-    return build_dir
+
+
+def prebuild(root: Path) -> List[Path]:
+    """Ahead-of-time build of every variant this machine can build, into ``root`` (the package's
+    _prebuilt/ at install time) under the abi key; keeps only the library and its marker."""
+    src = csrc_dir()
+    if src is None:
+        raise RuntimeError("C++ sources not found (looked for csrc/ at the repository root and inside the package)")
+    variants = [(f"{NAMESPACE}_cpu", CPU_SOURCES, False)]
+    if _cuda_wanted()[0]:
+        variants.insert(0, (f"{NAMESPACE}_cuda", CPU_SOURCES + CUDA_SOURCES, True))
+    built = []
+    for name, files, with_cuda in variants:
+        inputs = [src / f for f in files + HEADERS]
+        abi = _build_cache.abi_parts(inputs, _flags(with_cuda))
+        directory = _build_cache.prebuilt_directory(name, abi, Path(root))
+        print(f"elbo_kernels: building the {name} kernels ahead of time in {directory} ...", file=sys.stderr,
+              flush=True)
+        _compile(name, inputs, with_cuda, directory)
+        for entry in directory.iterdir():  # ship the library, not objects, ninja files or sources
+            if entry != _build_cache.library_path(directory, name):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        _build_cache.mark_complete(directory, abi)
+        built.append(directory)
+    return built
 
 
 class _cuda_build_env:
@@ -264,7 +329,7 @@ def _attempt() -> _BuildOutcome:
         start = time.perf_counter()
         with _cuda_build_env() as env:
             try:
-                path = _build(f"{NAMESPACE}_cuda", [src / f for f in CPU_SOURCES + CUDA_SOURCES], True)
+                path, how = _build(f"{NAMESPACE}_cuda", [src / f for f in CPU_SOURCES + CUDA_SOURCES], True)
             except Exception as exc:  # noqa: BLE001  (compiler errors surface as RuntimeError / OSError)
                 message = f"{type(exc).__name__}: {exc}"
                 cause = explain_cuda_build_failure(message, env.home)
@@ -272,7 +337,7 @@ def _attempt() -> _BuildOutcome:
                                 + (f"; likely cause: {cause}" if cause else "") + f":\n{_tail(message)}")
             else:
                 took = time.perf_counter() - start
-                what = f"built from {src} into {path} in {took:.1f} s (compile if sources changed, then load)"
+                what = f"{how} {path} in {took:.1f} s (sources: {src})"
                 return _BuildOutcome(BackendStatus(True, f"C++ CPU kernels {what}"),
                                      BackendStatus(True, f"CUDA kernels (CUDA {torch.version.cuda}; "
                                                          f"{'; '.join(env.notes)}) {what}"))
@@ -280,12 +345,12 @@ def _attempt() -> _BuildOutcome:
             return _BuildOutcome(BackendStatus(False, cuda_failure), BackendStatus(False, cuda_failure), cuda_failure)
     start = time.perf_counter()
     try:
-        path = _build(f"{NAMESPACE}_cpu", [src / f for f in CPU_SOURCES], False)
+        path, how = _build(f"{NAMESPACE}_cpu", [src / f for f in CPU_SOURCES], False)
     except Exception as exc:  # noqa: BLE001
         msg = f"C++ build from {src} failed: {_tail(str(exc))}"
         return _BuildOutcome(BackendStatus(False, msg), BackendStatus(False, cuda_failure or msg), msg)
     took = time.perf_counter() - start
-    what = f"built from {src} into {path} in {took:.1f} s (compile if sources changed, then load)"
+    what = f"{how} {path} in {took:.1f} s (sources: {src})"
     cpu = BackendStatus(True, f"C++ CPU kernels {what}")
     return _BuildOutcome(cpu, BackendStatus(False, cuda_failure or f"CUDA kernels not built: {no_cuda_reason}"))
 
@@ -508,7 +573,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--compile-cuda-only", action="store_true",
                         help="only compile csrc/cuda_kernels.cu with nvcc -c (no GPU or CUDA torch needed)")
     parser.add_argument("-o", "--output", type=Path, default=None, help="object file for --compile-cuda-only")
+    parser.add_argument("--prebuild", type=Path, default=None, metavar="DIR",
+                        help="build every variant ahead of time into DIR (the package's _prebuilt/ at install)")
     args = parser.parse_args(argv)
+    if args.prebuild is not None:
+        for directory in prebuild(args.prebuild):
+            print(f"built {directory}")
+        return 0
     if args.compile_cuda_only:
         start = time.perf_counter()
         try:

@@ -2,7 +2,8 @@
 
 ``scores`` is a dict of per-image arrays; "avg" is the one the trainer optimises.
 
-Registered names (``get_reward(name)``; ``"a:0.5,b:0.5"`` is the weighted sum, see :func:`multi_score`):
+Registered names (``get_reward(name)``; ``"a:0.5,b:0.5"`` is the weighted sum, see :func:`multi_score`),
+or your own reward as ``"package.module:attribute"`` (:func:`load_reward`):
 
     digit                   the embedded DigitEval reward judge (no download)
     jpeg_compressibility    -(JPEG kB) / 500, FlowGRPO's definition (no download)
@@ -90,11 +91,29 @@ REWARDS: Dict[str, Callable[[], RewardFn]] = {
 }
 
 
+def is_import_path(spec: str) -> bool:
+    """True for "package.module:attribute" (dotted identifiers on both sides of one colon).
+
+    A registered reward name before the colon is a name and a weight ("brightness:x" is a bad
+    weight, not the attribute x of a module brightness).
+    """
+    module, sep, attribute = spec.partition(":")
+    dotted = lambda text: bool(text) and all(part.isidentifier() for part in text.split("."))  # noqa: E731
+    return bool(sep) and module not in REWARDS and dotted(module) and dotted(attribute)
+
+
 def parse_weights(spec: str) -> Dict[str, float]:
-    """"pickscore:0.5,ocr:0.5" -> {"pickscore": 0.5, "ocr": 0.5}; ValueError names the bad part."""
+    """"pickscore:0.5,ocr:0.5" -> {"pickscore": 0.5, "ocr": 0.5}; ValueError names the bad part.
+
+    A part may be an import path, with or without a weight: "pickscore:0.5,my.rewards:dark:0.5".
+    """
     weights: Dict[str, float] = {}
     for part in spec.split(","):
-        name, sep, weight = part.strip().partition(":")
+        part = part.strip()
+        if is_import_path(part):
+            weights[part] = 1.0
+            continue
+        name, sep, weight = part.rpartition(":") if part.count(":") > 1 else part.partition(":")
         try:
             weights[name.strip()] = float(weight) if sep else 1.0
         except ValueError:
@@ -102,8 +121,65 @@ def parse_weights(spec: str) -> Dict[str, float]:
     return weights
 
 
+def load_reward(path: str) -> RewardFn:
+    """Your own reward from "package.module:attribute" (``--reward`` accepts the same string).
+
+    The attribute may be, as in FlowGRPO's rewards.py:
+      - a reward function ``reward_fn(images, prompts, metadata) -> (scores, info)``, where scores
+        is an array of one float per image or a dict holding "avg" (and any other per-image arrays);
+      - a factory taking no arguments that returns such a function (FlowGRPO's ``jpeg_compressibility()``);
+      - a class whose no-argument instance is such a callable.
+    ``images`` is a float tensor [N, C, H, W] in [0, 1] (``to_pil`` / ``to_uint8_nhwc`` convert it).
+    Returns the function wrapped so that its scores always come back as a dict with "avg".
+
+    Raises:
+        ValueError: not of the form "package.module:attribute", or the module or attribute does not
+            exist (the message says which). TypeError: the attribute is not callable, a factory
+            needs arguments, or a factory or class does not produce a callable.
+    """
+    import importlib
+    import inspect
+
+    if not isinstance(path, str) or not is_import_path(path):
+        raise ValueError(f"reward must be a registered name or 'package.module:attribute', got {path!r}")
+    module_name, _, attribute = path.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"reward {path!r}: cannot import module {module_name!r} ({error}); is it installed or "
+                         f"on PYTHONPATH?") from error
+    for name in attribute.split("."):
+        if not hasattr(obj, name):
+            raise ValueError(f"reward {path!r}: {getattr(obj, '__name__', module_name)!r} has no attribute {name!r}")
+        obj = getattr(obj, name)
+    if not callable(obj):
+        raise TypeError(f"reward {path!r} is a {type(obj).__name__}, not a function, factory or class")
+    if inspect.isclass(obj) or _required_arguments(obj) == 0:
+        made = obj()
+        if not callable(made):
+            raise TypeError(f"reward {path!r} is a factory or class, but calling it returned a "
+                            f"{type(made).__name__}, not a reward function")
+        obj = made
+    elif _required_arguments(obj) == 1:
+        raise TypeError(f"reward {path!r} takes one required argument: a reward function takes (images, prompts, "
+                        f"metadata) and a factory none (wrap a factory that needs e.g. a device in one that doesn't)")
+    return multi_score({path: 1.0}, {path: obj})
+
+
+def _required_arguments(fn) -> int:
+    import inspect
+
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: treat as a reward function
+        return 3
+    return sum(1 for p in parameters
+               if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
 def get_reward(name: str) -> RewardFn:
-    """The reward function registered under ``name``, or the weighted sum for "a:w1,b:w2".
+    """The reward function registered under ``name``, the weighted sum for "a:w1,b:w2", or your own
+    reward for "package.module:attribute" (:func:`load_reward`).
 
     Raises:
         ValueError: an unknown name (the message lists the known ones) or a bad weight.
@@ -111,6 +187,8 @@ def get_reward(name: str) -> RewardFn:
     """
     if not isinstance(name, str):
         raise TypeError(f"reward name must be a str, got {type(name).__name__}")
+    if is_import_path(name):
+        return load_reward(name)
     if "," in name or ":" in name:
         return multi_score(parse_weights(name))
     if name not in REWARDS:
@@ -126,6 +204,8 @@ __all__ = [
     "RemoteRewardError",
     "RewardFn",
     "get_reward",
+    "is_import_path",
+    "load_reward",
     "multi_score",
     "named_scores",
     "parse_weights",

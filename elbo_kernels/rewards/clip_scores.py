@@ -36,18 +36,48 @@ class RewardUnavailableError(OSError):
     """A reward's weights (or its package) are not available on this machine."""
 
 
-def unavailable(reward: str, source: str, what: str, error: BaseException, env: Optional[str] = None):
-    """The error raised when ``reward`` cannot load ``what`` from ``source``."""
-    hint = f" or set {env}=/local/path" if env else ""
+def unavailable(reward: str, source: str, what: str, error, env: Optional[str] = None):
+    """The error raised when ``reward`` cannot load ``what`` from ``source`` (``error``: an exception or a reason)."""
+    hint = f" or set {env}=DIR" if env else ""
+    underlying = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
     return RewardUnavailableError(
         f"reward {reward!r} cannot load its {what} from {source!r} (not on local disk or in the Hugging Face "
-        f"cache, and the hub could not be reached). Fix: on a connected machine run `huggingface-cli download "
-        f"{source} --local-dir DIR`, copy DIR here and pass it as the {what}{hint}. "
-        f"Underlying error: {type(error).__name__}: {error}"
+        f"cache, and the hub could not be reached). Fix: on a connected machine run "
+        f"`hf download {source} --local-dir DIR`, copy DIR here and pass it as the {what}{hint}. "
+        f"Underlying error: {underlying}"
     )
 
 
+def hub_unreachable(timeout: float = 3.0) -> Optional[str]:
+    """Why the Hugging Face hub cannot be reached (HF_HUB_OFFLINE, or no TCP connection within
+    ``timeout`` seconds to $HF_ENDPOINT), or None when it answers.
+
+    Asked before a download: unreachable, the hub client would retry each file for minutes
+    before failing, while the answer here takes at most ``timeout`` seconds.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        return f"{host}:{port} is unreachable ({type(error).__name__}: {error})"
+    return None
+
+
 def _load(cls, source: str, reward: str, what: str, env: Optional[str] = None):
+    if not Path(source).expanduser().exists():  # a hub id: the cache first, with no network at all
+        try:
+            return cls.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError):
+            offline = hub_unreachable()
+            if offline is not None:
+                raise unavailable(reward, source, what, offline, env) from None
     try:
         return cls.from_pretrained(source)
     except (OSError, ValueError) as error:

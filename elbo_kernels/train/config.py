@@ -26,6 +26,7 @@ from ..backends import BACKENDS
 from ..estimators import NOISE_MODES, SDE_TYPES, TIMESTEP_SAMPLERS, WEIGHTINGS
 from ..objectives import KL_ESTIMATORS, OBJECTIVES
 from .errors import ConfigError
+from .trackers import REPORT_TO
 
 ESTIMATORS = ("elbo", "trajectory")
 # Keys whose value may be None ("none" on the command line).
@@ -40,7 +41,8 @@ ON_NON_FINITE = ("skip", "raise")
 class TrainConfig:
     # What to train, on what, where.
     model: str = field(default="digits", metadata={"help": "'digits' (embedded), or a hub id / local diffusers folder of an SD3, FLUX.1, Wan or Qwen-Image pipeline"})
-    reward: str = field(default="digit", metadata={"help": "reward name (see elbo_kernels.rewards)"})
+    reward: str = field(default="digit", metadata={"help": "reward name (see elbo_kernels.rewards), weighted "
+                        "list 'a:0.5,b:0.5', or your own 'package.module:attribute' (FlowGRPO's reward signature)"})
     output_dir: str = field(default="outputs/digits", metadata={"help": "where metrics, plots and checkpoints go"})
     seed: int = field(default=0, metadata={"help": "global seed (each epoch and process derives its own)"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint that verifies"})
@@ -112,7 +114,10 @@ class TrainConfig:
     checkpoint_every: int = field(default=20, metadata={"help": "epochs between checkpoints (the last is always saved)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "complete checkpoints kept on disk"})
     plots: bool = field(default=True, metadata={"help": "write curve.png and sample grids"})
-    tensorboard: bool = field(default=True, metadata={"help": "also log to TensorBoard"})
+    tensorboard: bool = field(default=True, metadata={"help": "false turns TensorBoard off whatever report_to says "
+                              "(the older key)"})
+    report_to: str = field(default="tensorboard", metadata={"help": "experiment trackers (through accelerate): "
+                           "tensorboard | wandb | all | none; wandb needs pip install -e \".[wandb]\""})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     # ------------------------------------------------------------------------------------------
@@ -136,6 +141,7 @@ class TrainConfig:
             "backend": BACKENDS,
             "mixed_precision": ("no", "fp16", "bf16"),
             "on_non_finite": ON_NON_FINITE,
+            "report_to": REPORT_TO,
         }
         for key, allowed in choices.items():
             _require(getattr(self, key) in allowed, key, getattr(self, key), "one of " + ", ".join(map(repr, allowed)))
@@ -238,16 +244,19 @@ def require_known_reward(spec: str) -> None:
 
     Checked by the Trainer when it builds the task from the config (a task passed in brings its
     own reward function, and the key is unused)."""
-    from ..rewards import REWARDS, parse_weights
+    from ..rewards import REWARDS, is_import_path, parse_weights
 
+    if is_import_path(spec):  # your own reward: imported (and checked) when the task is built
+        return
     try:
         names = list(parse_weights(spec)) if ("," in spec or ":" in spec) else [spec]
     except ValueError as error:
         raise ConfigError(f"config key 'reward' has value {spec!r}; allowed: a reward name or a weighted list such "
                           f"as 'pickscore:0.5,jpeg_compressibility:0.5' ({error})") from None
     for name in names:
-        _require(name in REWARDS, "reward", spec, "one of " + ", ".join(map(repr, REWARDS)) +
-                 " or a weighted list of them such as 'pickscore:0.5,jpeg_compressibility:0.5'")
+        _require(name in REWARDS or is_import_path(name), "reward", spec, "one of " + ", ".join(map(repr, REWARDS)) +
+                 ", your own as 'package.module:attribute', or a weighted list of them such as "
+                 "'pickscore:0.5,jpeg_compressibility:0.5'")
 
 
 def _none(value):

@@ -1,4 +1,4 @@
-"""What a run leaves behind: metrics.jsonl, TensorBoard, a progress bar, plots, summary.json."""
+"""What a run leaves behind: metrics.jsonl, experiment trackers (report_to), a progress bar, plots, summary.json."""
 
 from __future__ import annotations
 
@@ -64,18 +64,22 @@ class Timer:
 
 
 class RunOutputs:
-    def __init__(self, root: Path, config, enabled: bool = True):
+    def __init__(self, root: Path, config, enabled: bool = True, accelerator=None):
         self.root = root
         self.config = config
         self.enabled = enabled
+        self.accelerator = accelerator  # its trackers (report_to) receive the records and pictures
         self.metric = "digiteval"
         self.summary_before: dict = {}
         self.clock_offset = 0.0
         self.checkpoint: Optional[Path] = None
-        self._writer = None
         if enabled:
             root.mkdir(parents=True, exist_ok=True)
             config.save_yaml(root / "config.yaml")
+            if self._tracking():
+                from .trackers import WANDB_PROJECT, loggable_config
+
+                accelerator.init_trackers(WANDB_PROJECT, config=loggable_config(config.to_dict()))
 
     # --- start / resume ---------------------------------------------------------------------------
     def start(self, before: dict, sampler, prompts) -> None:
@@ -86,7 +90,9 @@ class RunOutputs:
         if self.config.plots:
             from .plots import sample_grid
 
-            sample_grid(sampler, self.root / "samples_before.png", prompts[:GRID_ROWS], seeds=GRID_SEEDS)
+            sample_grid(sampler, self.root / "samples_before.png", prompts[:GRID_ROWS], seeds=GRID_SEEDS,
+                        title="before training: the base model, no CFG")
+            self._log_pictures(["samples_before"], step=0)
 
     def resume(self, history: list, before: dict, checkpoint: Path) -> None:
         self.summary_before = before
@@ -113,11 +119,10 @@ class RunOutputs:
             return
         with open(self.root / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        writer = self._tensorboard()
-        if writer is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    writer.add_scalar(key, value, record["epoch"])
+        if self._tracking():
+            from .trackers import numeric
+
+            self.accelerator.log(numeric(record), step=record["epoch"])
         postfix = {"reward": f"{record['reward_mean']:.3f}"}
         if self.metric in record:
             postfix[self.metric] = f"{record[self.metric]:.3f}"
@@ -125,14 +130,14 @@ class RunOutputs:
         progress.set_postfix(postfix)
         progress.update(1)
 
-    def _tensorboard(self):
-        if not self.config.tensorboard:
-            return None
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+    def _tracking(self) -> bool:
+        return self.enabled and self.accelerator is not None and bool(self.accelerator.log_with)
 
-            self._writer = SummaryWriter(str(self.root / "tensorboard"))
-        return self._writer
+    def _log_pictures(self, names, step: int) -> None:
+        if self._tracking():
+            from .trackers import log_pictures
+
+            log_pictures(self.accelerator, {name: self.root / f"{name}.png" for name in names}, step)
 
     # --- end -----------------------------------------------------------------------------------------
     def finish(self, trainer, before: dict, wall_seconds: float) -> dict:
@@ -167,17 +172,34 @@ class RunOutputs:
                 from .plots import learning_curve, sample_grid
 
                 sample_grid(trainer.sample, self.root / "samples_after.png", trainer.task.prompts[:GRID_ROWS],
-                            seeds=GRID_SEEDS)
+                            seeds=GRID_SEEDS, title=f"after {trainer.epoch} epochs: the evaluated policy, no CFG")
                 learning_curve(history, self.root / "curve.png", metric=metric,
-                               before=summary[f"{metric}_before"])
+                               before=summary[f"{metric}_before"], diversity_before=summary["diversity_before"])
+                self._log_pictures(["samples_after", "curve"], step=trainer.epoch)
             write_json(self.root / "summary.json", summary)
-            if self._writer is not None:
-                self._writer.close()
-            spent = ", ".join(f"{p} {s:.1f}s" for p, s in totals.items())
-            print(f"{metric} {summary[f'{metric}_before']} -> {summary[f'{metric}_after']}, diversity "
-                  f"{summary['diversity_before']} -> {summary['diversity_after']}; wall {wall_seconds:.1f}s "
-                  f"(training: {spent}; the rest is loading, evaluation, plots and checkpoints)")
+            if self._tracking():
+                self.accelerator.end_training()
+            print(summary_line(summary, metric))
         return summary
+
+
+def summary_line(summary: dict, metric: str) -> str:
+    """The run's result for a person: rounded numbers, and only the quantities the task measured
+    (a task without an evaluation has no metric or diversity to report)."""
+    def change(name: str, key: str, digits: int) -> Optional[str]:
+        before, after = summary.get(f"{key}_before"), summary.get(f"{key}_after")
+        if before is None and after is None:
+            return None
+        show = lambda x: "n/a" if x is None else f"{x:.{digits}f}"  # noqa: E731
+        return f"{name} {show(before)} -> {show(after)}"
+
+    parts = [change(metric, metric, 3), change("diversity", "diversity", 2)]
+    if summary.get("reward_first") is not None:
+        parts.append(f"reward (mean of an epoch's rollouts) {summary['reward_first']:.3f} -> "
+                     f"{summary['reward_last']:.3f}")
+    spent = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in summary["training_seconds"].items())
+    return (", ".join(p for p in parts if p) + f"; wall {summary['wall_seconds']:.1f} s (training: {spent}; the "
+            "rest is loading, evaluation, plots and checkpoints)")
 
 
 def _scalars(result: dict) -> dict:

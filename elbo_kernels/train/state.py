@@ -26,8 +26,9 @@ class CheckpointWarning(RunWarning):
 RESUME_MUST_MATCH = ("model", "reward", "seed", "prompts_per_epoch", "group_size", "lora_rank", "lora_alpha",
                      "ema_decay", "estimator", "sampler", "num_steps", "draws_per_sample", "lora_target_modules")
 # Keys that change nothing already computed: a resumed run may set them freely.
-RESUME_MAY_CHANGE = ("output_dir", "resume", "overwrite", "epochs", "eval_every", "eval_seeds", "stop_at", "checkpoint_every",
-                     "keep_checkpoints", "plots", "tensorboard", "progress", "on_non_finite",
+RESUME_MAY_CHANGE = ("output_dir", "resume", "overwrite", "epochs", "eval_every", "eval_seeds", "stop_at",
+                     "checkpoint_every", "keep_checkpoints", "plots", "tensorboard", "report_to", "progress",
+                     "on_non_finite",
                      "max_consecutive_skips")
 
 

@@ -2,7 +2,7 @@
 
 The trainer's loop is the same for every task; a task only says where prompts,
 rewards and the evaluation metric come from. ``"digits"`` is the embedded
-DigitEval default (DESIGN.md section 4).
+DigitEval default (docs/design.md section 4).
 """
 
 from __future__ import annotations

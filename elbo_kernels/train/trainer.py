@@ -38,6 +38,7 @@ import torch
 from accelerate import Accelerator
 
 from ..advantages import PerPromptStatTracker
+from ..backends import resolve_backend
 from ..models.lora import active_adapter, add_lora, blend_adapters
 from ..sampling import cfg_velocity, ode_sample, sde_sample, timestep_grid
 from . import faults
@@ -48,6 +49,7 @@ from .policy_step import POLICY_STEPS, Rollout
 from .ranks import FailureChannel
 from .sharding import check_fsdp_launch, shard
 from .state import load_state, save_state
+from .trackers import build_trackers, tracker_names
 from .task import Task, load_task
 
 TRACKER_TYPE = {"standard": "grpo", "exact": "exact", "nft": "nft"}
@@ -65,7 +67,9 @@ class Trainer:
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
         self.sharded = check_fsdp_launch(config)  # FSDP2, see sharding.py
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
+        trackers = build_trackers(tracker_names(config.report_to, config.tensorboard), Path(config.output_dir))
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
+                                       log_with=trackers or None)
         # From here on, an error on this process is reported to the others (ranks.py).
         self.failures = FailureChannel(self.accelerator.process_index, self.accelerator.num_processes)
         try:
@@ -83,6 +87,9 @@ class Trainer:
                               f"processes ({world}), so every process holds an equal share")
         claim_output_dir(Path(config.output_dir), resume=config.resume, overwrite=config.overwrite,
                          main_process=self.accelerator.is_main_process)
+        # Build or load the fused kernels now, not inside the first timed epoch: a first build takes a
+        # minute, which showed as a flat gap in the learning curve and a progress bar stuck at 0%.
+        resolve_backend(config.backend, self.device)
         torch.manual_seed(config.seed)
         self.task = task or load_task(
             config.model, config.reward, device=self.device, eval_seeds=config.eval_seeds, prompts=config.prompts,
@@ -91,7 +98,8 @@ class Trainer:
             frames=config.frames, guidance=config.guidance, lora_target_modules=config.lora_target_modules,
         )
         self.model = self.task.model
-        self.output = RunOutputs(Path(config.output_dir), config, enabled=self.accelerator.is_main_process)
+        self.output = RunOutputs(Path(config.output_dir), config, enabled=self.accelerator.is_main_process,
+                                 accelerator=self.accelerator)
         self.tracker = PerPromptStatTracker(scale=config.advantage_scale, adv_clip_max=config.adv_clip_max)
         self.epoch = 0
         self.step = 0

@@ -8,7 +8,7 @@ t ~ U(0, 1). Each training label is, independently per example:
 the empty prompt with probability ``label_dropout`` (for CFG); otherwise a
 uniformly random digit with probability ``label_noise``; otherwise the true
 digit. Label noise mirrors noisy web captions: the base model follows prompts
-only weakly without CFG, and RL has headroom (DESIGN.md section 4).
+only weakly without CFG, and RL has headroom (docs/design.md section 4).
 
 Writes models/weights/digits_flow.safetensors (EMA weights) and digits_flow.json
 with the configuration, timing and measured DigitEval with and without CFG.
