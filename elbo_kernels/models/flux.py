@@ -27,8 +27,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .pipelines import PipelineAdapter, check_resolution, check_velocity_inputs, load_pipeline, tiny_t5_tokenizer
-from .sd3 import resolve_dtype
+from .pipelines import PipelineAdapter, check_latents, check_resolution, check_velocity_inputs, tiny_t5_tokenizer
 
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
 
@@ -130,14 +129,9 @@ class FluxModel(PipelineAdapter):
 
         Raises ModelNotAvailableError (OSError) when the weights cannot be found, ValueError for bad options.
         """
-        pipeline = load_pipeline("FluxPipeline", source, dtype=weights_dtype, **kwargs)
-        vae_dtype = resolve_dtype(vae_dtype, "vae_dtype")
-        if pipeline.vae.dtype != vae_dtype:
-            pipeline.vae.to(dtype=vae_dtype)
-        model = cls(pipeline, resolution=resolution, guidance=guidance, max_sequence_length=max_sequence_length,
-                    gradient_checkpointing=gradient_checkpointing)
-        model.transformer.requires_grad_(False)
-        return model.to(device)
+        return cls._load("FluxPipeline", source, device=device, weights_dtype=weights_dtype, vae_dtype=vae_dtype,
+                         pipeline_kwargs=kwargs, resolution=resolution, guidance=guidance,
+                         max_sequence_length=max_sequence_length, gradient_checkpointing=gradient_checkpointing)
 
     @property
     def sampler_shift(self) -> float:
@@ -167,9 +161,7 @@ class FluxModel(PipelineAdapter):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images [N, 3, resolution, resolution] float32 in [0, 1] from packed latents [N, *latent_shape]."""
-        if tuple(latents.shape[1:]) != tuple(self.latent_shape):
-            raise ValueError(f"latents must be [N, {', '.join(map(str, self.latent_shape))}], got "
-                             f"{tuple(latents.shape)}")
+        check_latents(latents, self.latent_shape)
         vae = self.pipeline.vae
         images = []
         for chunk in latents.split(self.decode_batch_size):

@@ -203,6 +203,19 @@ class PipelineAdapter:
         if gradient_checkpointing:
             pipeline.transformer.enable_gradient_checkpointing()
 
+    @classmethod
+    def _load(cls, class_name: str, source: str, *, device, weights_dtype, vae_dtype, pipeline_kwargs: dict,
+              **options):
+        """The families' ``load``: the pipeline in ``weights_dtype`` with its VAE in ``vae_dtype``, the
+        adapter built with ``options``, the transformer frozen (the trainer adds LoRA), moved to ``device``."""
+        pipeline = load_pipeline(class_name, source, dtype=weights_dtype, **pipeline_kwargs)
+        vae_dtype = resolve_dtype(vae_dtype, "vae_dtype")
+        if pipeline.vae.dtype != vae_dtype:
+            pipeline.vae.to(dtype=vae_dtype)
+        model = cls(pipeline, **options)
+        model.transformer.requires_grad_(False)
+        return model.to(device)
+
     @property
     def transformer(self) -> torch.nn.Module:
         return self.pipeline.transformer
@@ -238,6 +251,20 @@ def _stack_padded(rows: List[torch.Tensor]) -> torch.Tensor:
     if all(r.shape == rows[0].shape for r in rows):
         return torch.stack(rows)
     return torch.stack([torch.cat([r, r.new_zeros((length - r.shape[0],) + tuple(r.shape[1:]))]) for r in rows])
+
+
+def check_latents(latents: torch.Tensor, latent_shape) -> None:
+    """ValueError unless ``latents`` is [N, *latent_shape] (what every family's decode takes)."""
+    if tuple(latents.shape[1:]) != tuple(latent_shape):
+        raise ValueError(f"latents must be [N, {', '.join(map(str, latent_shape))}], got {tuple(latents.shape)}")
+
+
+def vae_latent_stats(vae):
+    """(mean, std) [1, C, 1, 1, 1] of the Wan-family VAE's latents (Wan and Qwen-Image), on its device and dtype."""
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(vae.device, vae.dtype)
+    std = torch.tensor(vae.config.latents_std).view(shape).to(vae.device, vae.dtype)
+    return mean, std
 
 
 def check_resolution(resolution, factor: int) -> int:

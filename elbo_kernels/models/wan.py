@@ -23,8 +23,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .pipelines import PipelineAdapter, check_resolution, check_velocity_inputs, load_pipeline, tiny_t5_tokenizer
-from .sd3 import resolve_dtype
+from .pipelines import (PipelineAdapter, check_latents, check_resolution, check_velocity_inputs, tiny_t5_tokenizer,
+                        vae_latent_stats)
 
 DEFAULT_MODEL = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
@@ -81,14 +81,9 @@ class WanModel(PipelineAdapter):
 
         Raises ModelNotAvailableError (OSError) when the weights cannot be found, ValueError for bad options.
         """
-        pipeline = load_pipeline("WanPipeline", source, dtype=weights_dtype, **kwargs)
-        vae_dtype = resolve_dtype(vae_dtype, "vae_dtype")
-        if pipeline.vae.dtype != vae_dtype:
-            pipeline.vae.to(dtype=vae_dtype)
-        model = cls(pipeline, resolution=resolution, frames=frames, max_sequence_length=max_sequence_length,
-                    gradient_checkpointing=gradient_checkpointing)
-        model.transformer.requires_grad_(False)
-        return model.to(device)
+        return cls._load("WanPipeline", source, device=device, weights_dtype=weights_dtype, vae_dtype=vae_dtype,
+                         pipeline_kwargs=kwargs, resolution=resolution, frames=frames,
+                         max_sequence_length=max_sequence_length, gradient_checkpointing=gradient_checkpointing)
 
     @property
     def sampler_shift(self) -> float:
@@ -120,13 +115,9 @@ class WanModel(PipelineAdapter):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Videos [N, 3, frames, resolution, resolution] float32 in [0, 1]."""
-        if tuple(latents.shape[1:]) != tuple(self.latent_shape):
-            raise ValueError(f"latents must be [N, {', '.join(map(str, self.latent_shape))}], got "
-                             f"{tuple(latents.shape)}")
+        check_latents(latents, self.latent_shape)
         vae = self.pipeline.vae
-        shape = (1, vae.config.z_dim, 1, 1, 1)
-        mean = torch.tensor(vae.config.latents_mean).view(shape).to(vae.device, vae.dtype)
-        std = torch.tensor(vae.config.latents_std).view(shape).to(vae.device, vae.dtype)
+        mean, std = vae_latent_stats(vae)
         videos = []
         for chunk in latents.split(self.decode_batch_size):
             z = chunk.to(device=vae.device, dtype=vae.dtype) * std + mean
