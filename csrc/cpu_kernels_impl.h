@@ -11,8 +11,8 @@
 // partials of a row in chunk order afterwards, so the result does not depend on
 // the number of threads (no atomics, no per-thread accumulators).
 //
-// Precision: elements are read in their dtype and converted to acc_t (float for
-// 16/32-bit inputs, double for float64). Within a chunk, element i accumulates
+// Precision: elements are read in their dtype and converted to acc_t = acc_of<scalar_t>
+// (elbo_ops.h: float for 16/32-bit inputs, double for float64). Within a chunk, element i accumulates
 // into lane i % kLanes in acc_t; lanes and chunks are then summed in double, so
 // a float lane sums at most kCpuChunk / kLanes = 128 terms.
 //
@@ -23,9 +23,6 @@
 // result.
 
 constexpr int kLanes = 16;
-
-template <typename scalar_t>
-using acc_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 // Tasks per parallel_for grain: below ~32k elements of work, one thread is faster.
 inline int64_t grain_tasks(int64_t d) {
@@ -66,21 +63,6 @@ template <typename acc_t>
 inline void fill_normals(acc_t* buf, uint64_t seed, uint64_t counter, int64_t len) {
   for (int64_t i = 0; i < len; ++i)
     buf[i] = static_cast<acc_t>(philox_normal(seed, counter + static_cast<uint64_t>(i)));
-}
-
-// Calls f(eps_t{}, std::bool_constant<philox>) for the three noise sources:
-// a tensor in the inputs' dtype, a tensor in the accumulation dtype, or Philox
-// (eps regenerated per chunk into a stack buffer of acc_t).
-template <typename scalar_t, typename F>
-inline void dispatch_noise(const at::Tensor& noise, F&& f) {
-  using acc_t = acc_of<scalar_t>;
-  if (!noise.defined()) {
-    f(acc_t{}, std::true_type{});
-  } else if (noise.scalar_type() == c10::CppTypeToScalarType<scalar_t>::value) {
-    f(scalar_t{}, std::false_type{});
-  } else {
-    if constexpr (!std::is_same_v<scalar_t, acc_t>) f(acc_t{}, std::false_type{});
-  }
 }
 
 // ---------------------------------------------------------------------------

@@ -44,9 +44,6 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 static_assert(kCudaChunk % kThreads == 0, "a chunk must split evenly over a block");
 
-template <typename scalar_t>
-using acc_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
 template <typename acc_t, typename T>
 __device__ __forceinline__ acc_t load(const T* p, int64_t i) {
   return static_cast<acc_t>(p[i]);
@@ -129,20 +126,6 @@ __global__ void __launch_bounds__(kThreads) residual_sums_kernel(
 #pragma unroll
   for (int c = 0; c < kNumSums; ++c) vals[c] = static_cast<double>(s[c]);
   block_sum_store<kNumSums>(vals, partial + task * kNumSums);
-}
-
-// Calls f(eps_t{}, std::bool_constant<philox>): noise in the inputs' dtype, in
-// the accumulation dtype, or regenerated from (seed, offset).
-template <typename scalar_t, typename F>
-void dispatch_noise(const at::Tensor& noise, F&& f) {
-  using acc_t = acc_of<scalar_t>;
-  if (!noise.defined()) {
-    f(acc_t{}, std::true_type{});
-  } else if (noise.scalar_type() == c10::CppTypeToScalarType<scalar_t>::value) {
-    f(scalar_t{}, std::false_type{});
-  } else {
-    if constexpr (!std::is_same_v<scalar_t, acc_t>) f(acc_t{}, std::false_type{});
-  }
 }
 
 template <typename T>

@@ -3,7 +3,7 @@
 // The schemas are the contract the Python callers in elbo_kernels/ops/*.py use;
 // device kernels live in cpu_kernels.cpp and cuda_kernels.cu and are registered
 // there with TORCH_LIBRARY_IMPL. Autograd and fake (meta) implementations are
-// registered from Python (elbo_kernels/ops/_cpp.py).
+// registered from Python, beside each op in elbo_kernels/ops/<op>.py.
 #include "elbo_ops.h"
 
 #include "elbo_math.h"

@@ -11,6 +11,7 @@
 #include <c10/util/Optional.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace elbo {
 
@@ -71,6 +72,26 @@ std::pair<at::Tensor, at::Tensor> prepare_sde_grads(
 
 inline at::ScalarType acc_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The accumulation type of an element type: double for double, float for
+// float / half / bfloat16 (the rule of elbo_kernels/ops/_base.py accumulation_dtype).
+template <typename scalar_t>
+using acc_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// Calls f(eps_t{}, std::bool_constant<philox>{}) for the three noise sources of
+// the CPU and CUDA kernels: a tensor in the inputs' dtype, a tensor in the
+// accumulation dtype, or none (eps regenerated from (seed, offset) with Philox).
+template <typename scalar_t, typename F>
+inline void dispatch_noise(const at::Tensor& noise, F&& f) {
+  using acc_t = acc_of<scalar_t>;
+  if (!noise.defined()) {
+    f(acc_t{}, std::true_type{});
+  } else if (noise.scalar_type() == c10::CppTypeToScalarType<scalar_t>::value) {
+    f(scalar_t{}, std::false_type{});
+  } else {
+    if constexpr (!std::is_same_v<scalar_t, acc_t>) f(acc_t{}, std::false_type{});
+  }
 }
 
 inline int64_t num_chunks(int64_t d, int64_t chunk) {

@@ -152,6 +152,7 @@ def _launch_everything(current: dict) -> None:
     """Calls each launcher for every dtype and flag combination it can produce."""
     import torch
 
+    from elbo_kernels.ops._base import accumulation_dtype
     from elbo_kernels.ops._triton import _common
     from elbo_kernels.ops._triton import noise as tri_noise
     from elbo_kernels.ops._triton import noising as tri_noising
@@ -170,9 +171,10 @@ def _launch_everything(current: dict) -> None:
     }
 
     def every_launch(n, b, latent, dtypes, seed, offset, tag, only=None):
+        draws_per_sample = n // b
         for name in dtypes:
             dtype = getattr(torch, name)
-            acc = _common.acc_dtype(dtype)
+            acc = accumulation_dtype(dtype)
             shape = (n,) + latent
             current["dtype"] = name
             for seeded in (False, True):
@@ -185,9 +187,9 @@ def _launch_everything(current: dict) -> None:
                     args = (meta(shape, dtype), meta((b,) + latent, dtype), noise,
                             meta(shape, dtype) if old else None, meta(shape, dtype) if ref else None, beta)
                     tri_sums.residual_sums_forward(*args, seed, offset)
-                    tri_sums.residual_sums_backward(meta((n, 11), acc), *args, seed, offset)
+                    tri_sums.residual_sums_backward(meta((n, tri_sums.NUM_SUMS), acc), *args, seed, offset)
                 current["case"] = f"{tag} noising noise={'seed' if seeded else 'tensor'}"
-                tri_noising.noising_forward(meta((b,) + latent, dtype), meta((n,), acc), noise, n // b, seed, offset)
+                tri_noising.noising_forward(meta((b,) + latent, dtype), meta((n,), acc), noise, draws_per_sample, seed, offset)
             current["randn"] = True
             current["case"] = f"{tag} generate_noise"
             tri_noise.generate_noise_forward(meta(shape, dtype), seed, offset)

@@ -1,4 +1,4 @@
-"""Builds and loads the C++/CUDA extension (csrc/) and registers its autograd and fake impls.
+"""Builds and loads the C++/CUDA extension (csrc/) and hands out its ops.
 
 The extension is compiled on first use with ``torch.utils.cpp_extension.load``
 (JIT) into a directory of the torch extensions cache (``TORCH_EXTENSIONS_DIR``)
@@ -10,12 +10,10 @@ repository's top-level ``csrc/`` (editable install) or from the copy that
 setup.py ships inside the package (``elbo_kernels/csrc``, wheel install).
 
 The library defines the ``elbo_kernels`` op namespace (``TORCH_LIBRARY`` in
-csrc/elbo_ops.cpp) with CPU kernels and, where built, CUDA kernels. This module
-adds, once per process, ``torch.library.register_autograd`` for
-``residual_sums`` and ``sde_step`` (gradients to ``v`` only) and ``noising``
-(to x0, t and a noise tensor; plain torch), and
-``torch.library.register_fake`` for every op, so ``torch.compile(fullgraph=True)``
-traces through them.
+csrc/elbo_ops.cpp) with CPU kernels and, where built, CUDA kernels. Each op file
+(ops/<op>.py) adds the op's fake kernel and autograd formula through
+``_base.on_cpp_load``; this module runs them once the extension's ops exist, so
+``torch.compile(fullgraph=True)`` traces through them.
 
 Environment:
   ELBO_KERNELS_REQUIRE_CPP=1   a failed build raises (also from cpu_status()); CI sets it.
@@ -55,8 +53,9 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..backends import BackendStatus
 from . import _build_cache
+from . import _base
+from ._base import BackendStatus
 from ._cuda_toolkit import DEFAULT_ARCH_LIST as _DEFAULT_ARCH_LIST
 from ._cuda_toolkit import cuda_build_env as _cuda_build_env
 from ._cuda_toolkit import cuda_home, explain_cuda_build_failure
@@ -66,7 +65,6 @@ NAMESPACE = "elbo_kernels"
 CPU_SOURCES = ("elbo_ops.cpp", "cpu_kernels.cpp")
 CUDA_SOURCES = ("cuda_kernels.cu",)
 HEADERS = ("elbo_math.h", "elbo_ops.h", "cpu_kernels_impl.h")
-NUM_SUMS = 11
 
 # -O3 without -march: the JIT cache may be shared by machines with different CPUs
 # (see the note at the top of csrc/cpu_kernels.cpp). -fopenmp is what makes
@@ -91,7 +89,6 @@ class _BuildOutcome:
 
 
 _outcome: Optional[_BuildOutcome] = None
-_registered = False
 
 
 def _env_flag(name: str) -> Optional[bool]:
@@ -261,7 +258,7 @@ def _ensure() -> _BuildOutcome:
             else:
                 _outcome = _attempt()
             if _outcome.cpu:
-                _register_python_impls()
+                _base.cpp_ops_loaded()  # the op files' fakes and autograd (_base.on_cpp_load)
         return _outcome
 
 
@@ -310,89 +307,6 @@ def cuda_status() -> BackendStatus:
     if not outcome.cuda and attempted and require_cpp():
         raise RuntimeError(f"ELBO_KERNELS_REQUIRE_CPP is set and the CUDA build failed: {outcome.cuda.reason}")
     return outcome.cuda
-
-
-# ---------------------------------------------------------------------------
-# Python-side registrations: autograd formulas and fake (meta) kernels.
-# ---------------------------------------------------------------------------
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _residual_sums_fake(v, x0, noise, v_old, v_ref, nft_beta, seed, offset):
-    return v.new_empty((v.shape[0], NUM_SUMS), dtype=_acc(v.dtype))
-
-
-def _residual_sums_backward_fake(grad_sums, v, x0, noise, v_old, v_ref, nft_beta, seed, offset):
-    return v.new_empty(v.shape)
-
-
-def _noising_fake(x0, t, noise, draws_per_sample, seed, offset):
-    return x0.new_empty((x0.shape[0] * draws_per_sample,) + tuple(x0.shape[1:]))
-
-
-def _generate_noise_fake(like, seed, offset):
-    return like.new_empty(like.shape, dtype=_acc(like.dtype))
-
-
-def _sde_step_fake(v, x, x_prev, coef):
-    acc = _acc(v.dtype)
-    return v.new_empty((v.shape[0],), dtype=acc), v.new_empty(v.shape, dtype=acc)
-
-
-def _sde_step_backward_fake(grad_log_prob, grad_prev_mean, v, x, x_prev, coef):
-    return v.new_empty(v.shape)
-
-
-def _noising_setup(ctx, inputs, output):
-    x0, t, noise, draws_per_sample, seed, offset = inputs
-    ctx.save_for_backward(x0, t, noise)
-    ctx.scalars = (draws_per_sample, seed, offset)
-
-
-def _noising_grad(ctx, grad_x_t):
-    """x_t = (1 - t) x0 + t eps: plain torch, since x0 and t are data in RL (rarely needed)."""
-    x0, t, noise = ctx.saved_tensors
-    k, seed, offset = ctx.scalars
-    acc = _acc(x0.dtype)
-    n = t.shape[0]
-    tt = t.to(acc).reshape((n,) + (1,) * (x0.dim() - 1))
-    g = grad_x_t.to(acc)
-    grad_x0 = grad_t = grad_noise = None
-    if ctx.needs_input_grad[0]:
-        grad_x0 = ((1 - tt) * g).reshape((x0.shape[0], k) + tuple(x0.shape[1:])).sum(1).to(x0.dtype)
-    if ctx.needs_input_grad[1]:
-        eps = noise if noise is not None else torch.ops.elbo_kernels.generate_noise(grad_x_t, seed, offset)
-        x0_rows = x0.to(acc).repeat_interleave(k, dim=0) if k > 1 else x0.to(acc)
-        grad_t = ((eps.to(acc) - x0_rows) * g).reshape(n, -1).sum(1).to(t.dtype)
-    if noise is not None and ctx.needs_input_grad[2]:
-        grad_noise = (tt * g).to(noise.dtype)
-    return grad_x0, grad_t, grad_noise, None, None, None
-
-
-def _register_python_impls() -> None:
-    global _registered
-    if _registered:
-        return
-    fakes = {
-        "residual_sums": _residual_sums_fake,
-        "residual_sums_backward": _residual_sums_backward_fake,
-        "noising": _noising_fake,
-        "generate_noise": _generate_noise_fake,
-        "sde_step": _sde_step_fake,
-        "sde_step_backward": _sde_step_backward_fake,
-    }
-    for name, fake in fakes.items():
-        torch.library.register_fake(f"{NAMESPACE}::{name}", fake)
-    from . import residual_sums, sde_step
-
-    ops = torch.ops.elbo_kernels
-    residual_sums.register_autograd(f"{NAMESPACE}::residual_sums", ops.residual_sums_backward)
-    sde_step.register_autograd(f"{NAMESPACE}::sde_step", ops.sde_step_backward)
-    torch.library.register_autograd(f"{NAMESPACE}::noising", _noising_grad, setup_context=_noising_setup)
-    _registered = True
 
 
 # ---------------------------------------------------------------------------

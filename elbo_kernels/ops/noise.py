@@ -59,6 +59,12 @@ tests against N(0, 1) do not reject at p = 1e-4, and the lag-1 autocorrelation
 of the flat stream is within 5/sqrt(n) of 0.
 
 Bytes: generating writes numel * 4 bytes and reads nothing.
+
+This file owns the generator on every backend: the torch reference, the fake
+kernels of the C++/CUDA op ``elbo_kernels::generate_noise`` (csrc/; eps in the
+accumulation dtype of ``like``) and of ``elbo_kernels::generate_noise_triton``
+(defined here, body in ops/_triton/noise.py; eps in like's dtype). Neither has a
+gradient: eps is data.
 """
 
 from __future__ import annotations
@@ -68,6 +74,9 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
+
+from ._backends import CONCRETE_BACKENDS, fused_op
+from ._base import accumulation_dtype, check_choice, on_cpp_load
 
 _MASK32 = 0xFFFFFFFF
 _PHILOX_KEY_A = 0x9E3779B9
@@ -82,7 +91,6 @@ _LIMIT = 2**63
 # Elements per chunk of the torch reference: about 10 int64 temporaries each, so
 # ~80 MiB of scratch at most whatever the requested size.
 _CHUNK = 1 << 20
-_BACKENDS = ("torch", "cpu", "cuda", "triton")
 
 
 @dataclass(frozen=True)
@@ -228,22 +236,44 @@ def generate_noise(
         dtype = torch.float32
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    if backend not in _BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(map(repr, _BACKENDS))}")
+    check_choice("backend", backend, CONCRETE_BACKENDS)
     device = torch.device(device) if device is not None else torch.empty(0).device
-    if backend == "torch":
+    op = fused_op("generate_noise", backend)
+    if op is None:  # the torch backend
         eps = _randn_reference(numel, noise_seed.seed, noise_seed.offset, device).reshape(shape)
         return eps if dtype == torch.float32 else eps.to(dtype)
     # The ops only read like's shape and device; an expanded scalar costs no memory.
     like = torch.empty((), dtype=torch.float32, device=device).expand(shape)
-    if backend in ("cpu", "cuda"):
-        from . import _cpp
-
-        _cpp.load()
-        op = torch.ops.elbo_kernels.generate_noise
-    else:
-        from ._triton import noise as _tri  # noqa: F401  (registers the op)
-
-        op = torch.ops.elbo_kernels.generate_noise_triton
     eps = op(like, int(noise_seed.seed), int(noise_seed.offset))
     return eps.to(dtype)
+
+
+# ---------------------------------------------------------------- registrations on every backend
+
+
+def _generate_noise_fake(like, seed, offset):
+    return like.new_empty(like.shape, dtype=accumulation_dtype(like.dtype))
+
+
+def _register_cpp() -> None:
+    """The C++/CUDA op (schema in csrc/elbo_ops.cpp) gets its fake once loaded."""
+    torch.library.register_fake("elbo_kernels::generate_noise", _generate_noise_fake)
+
+
+on_cpp_load(_register_cpp)
+
+
+@torch.library.custom_op(
+    "elbo_kernels::generate_noise_triton",
+    mutates_args=(),
+    schema="(Tensor like, int seed, int offset) -> Tensor",
+)
+def generate_noise_triton(like: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
+    from ._triton import noise as kernels  # imports triton on first use
+
+    return kernels.generate_noise_forward(like, seed, offset)
+
+
+@generate_noise_triton.register_fake
+def _(like, seed, offset):
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device)

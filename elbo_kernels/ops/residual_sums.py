@@ -27,6 +27,11 @@ reads v, v_old (nft only), v_ref, eps, x0 and writes dL/dv (N D E).
 ``noise`` is the eps tensor [N, *S], or a :class:`NoiseSeed` from which the
 backends regenerate eps in-kernel (see ops/noise.py), so eps need not be stored
 between noising and loss.
+
+This file owns the op on every backend: the reference, the fake kernel and the
+autograd formula, registered for the C++/CUDA op ``elbo_kernels::residual_sums``
+(csrc/) and for ``elbo_kernels::residual_sums_triton``, defined here with its
+body in ops/_triton/residual_sums.py.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from typing import Optional, Union
 
 import torch
 
-from ._dispatch import fused_op
+from ._backends import fused_op
+from ._base import accumulation_dtype, draws_per_sample, on_cpp_load
 from .noise import NoiseSeed, generate_noise
 
 SUM_NAMES = ("S1", "S2", "O1", "O2", "K2", "R1", "R2", "P1", "P2", "M1", "M2")
@@ -43,14 +49,10 @@ NUM_SUMS = len(SUM_NAMES)
 COLUMN = {name: i for i, name in enumerate(SUM_NAMES)}
 
 
-def sums_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _rows(x: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
-    """Flat [rows, D] view in the accumulation dtype; x0 rows repeated K times."""
+def _rows(x: torch.Tensor, draws: int, dtype: torch.dtype) -> torch.Tensor:
+    """Flat [rows, D] view in the accumulation dtype; x0 rows repeated K = ``draws`` times."""
     x = x.reshape(x.shape[0], -1).to(dtype)
-    return x.repeat_interleave(k, dim=0) if k > 1 else x
+    return x.repeat_interleave(draws, dim=0) if draws > 1 else x
 
 
 def residual_sums_reference(
@@ -67,8 +69,8 @@ def residual_sums_reference(
     [N, D] temporaries (the passes the fused kernels avoid).
     """
     n = v.shape[0]
-    k = n // x0.shape[0]
-    acc = sums_dtype(v.dtype)
+    k = draws_per_sample(n, x0)
+    acc = accumulation_dtype(v.dtype)
     if isinstance(noise, NoiseSeed):
         noise = generate_noise(v.shape, noise, device=v.device, backend="torch")
     v2 = _rows(v, 1, acc)
@@ -116,11 +118,11 @@ def residual_sums(
     v, v_old, v_ref, noise [N, *S] of one dtype and device; x0 [B, *S] with
     N = B * K. ``backend`` is one of "torch", "cpu", "cuda", "triton".
     """
-    if backend == "torch":
+    op = fused_op("residual_sums", backend)
+    if op is None:  # the torch backend
         return residual_sums_reference(v, x0, noise, v_old, v_ref, nft_beta)
     seed, offset = (noise.seed, noise.offset) if isinstance(noise, NoiseSeed) else (0, 0)
     tensor_noise = None if isinstance(noise, NoiseSeed) else noise
-    op = fused_op("residual_sums", backend)
     return op(v, x0, tensor_noise, v_old, v_ref, float(nft_beta), int(seed), int(offset))
 
 
@@ -134,9 +136,8 @@ def residual_sums_backward_reference(
     nft_beta: float = 0.0,
 ) -> torch.Tensor:
     """dL/dv in v's dtype from the closed form in the module docstring."""
-    n = v.shape[0]
-    k = n // x0.shape[0]
-    acc = sums_dtype(v.dtype)
+    k = draws_per_sample(v.shape[0], x0)
+    acc = accumulation_dtype(v.dtype)
     if isinstance(noise, NoiseSeed):
         noise = generate_noise(v.shape, noise, device=v.device, backend="torch")
     g = grad_sums.to(acc)
@@ -155,7 +156,18 @@ def residual_sums_backward_reference(
     return grad.reshape(v.shape).to(v.dtype)
 
 
-def register_autograd(op_name: str, backward_op) -> None:
+# ---------------------------------------------------------------- registrations on every backend
+
+
+def _residual_sums_fake(v, x0, noise, v_old, v_ref, nft_beta, seed, offset):
+    return v.new_empty((v.shape[0], NUM_SUMS), dtype=accumulation_dtype(v.dtype))
+
+
+def _residual_sums_backward_fake(grad_sums, v, x0, noise, v_old, v_ref, nft_beta, seed, offset):
+    return v.new_empty(v.shape)
+
+
+def _register_autograd(op_name: str, backward_op) -> None:
     """Gradient of a backend's residual-sums op ``op_name``: one call of its ``backward_op``, to v only
     (v_old and v_ref are stop-gradient policies; x0 and eps are data)."""
 
@@ -170,3 +182,61 @@ def register_autograd(op_name: str, backward_op) -> None:
         return grad_v, None, None, None, None, None, None, None
 
     torch.library.register_autograd(op_name, backward, setup_context=setup_context)
+
+
+def _register_cpp() -> None:
+    """The C++/CUDA ops (schemas in csrc/elbo_ops.cpp) get their fakes and autograd once loaded."""
+    torch.library.register_fake("elbo_kernels::residual_sums", _residual_sums_fake)
+    torch.library.register_fake("elbo_kernels::residual_sums_backward", _residual_sums_backward_fake)
+    _register_autograd("elbo_kernels::residual_sums", torch.ops.elbo_kernels.residual_sums_backward)
+
+
+on_cpp_load(_register_cpp)
+
+
+@torch.library.custom_op(
+    "elbo_kernels::residual_sums_triton",
+    mutates_args=(),
+    schema="(Tensor v, Tensor x0, Tensor? noise, Tensor? v_old, Tensor? v_ref, "
+    "float nft_beta, int seed, int offset) -> Tensor",
+)
+def residual_sums_triton(
+    v: torch.Tensor,
+    x0: torch.Tensor,
+    noise: Optional[torch.Tensor],
+    v_old: Optional[torch.Tensor],
+    v_ref: Optional[torch.Tensor],
+    nft_beta: float,
+    seed: int,
+    offset: int,
+) -> torch.Tensor:
+    from ._triton import residual_sums as kernels  # imports triton on first use
+
+    return kernels.residual_sums_forward(v, x0, noise, v_old, v_ref, nft_beta, seed, offset)
+
+
+@torch.library.custom_op(
+    "elbo_kernels::residual_sums_backward_triton",
+    mutates_args=(),
+    schema="(Tensor grad_sums, Tensor v, Tensor x0, Tensor? noise, Tensor? v_old, Tensor? v_ref, "
+    "float nft_beta, int seed, int offset) -> Tensor",
+)
+def residual_sums_backward_triton(
+    grad_sums: torch.Tensor,
+    v: torch.Tensor,
+    x0: torch.Tensor,
+    noise: Optional[torch.Tensor],
+    v_old: Optional[torch.Tensor],
+    v_ref: Optional[torch.Tensor],
+    nft_beta: float,
+    seed: int,
+    offset: int,
+) -> torch.Tensor:
+    from ._triton import residual_sums as kernels
+
+    return kernels.residual_sums_backward(grad_sums, v, x0, noise, v_old, v_ref, nft_beta, seed, offset)
+
+
+residual_sums_triton.register_fake(_residual_sums_fake)
+residual_sums_backward_triton.register_fake(_residual_sums_backward_fake)
+_register_autograd("elbo_kernels::residual_sums_triton", residual_sums_backward_triton)

@@ -1,18 +1,21 @@
-"""Triton backend: one module per fused op, each registering ``elbo_kernels::<op>_triton``.
+"""Triton backend: one module of kernels and launchers per fused op.
 
-Importing this package does not import triton and queries no device: the op
-modules (``residual_sums``, ``noising``, ``sde_step``, ``noise``) import triton
-and decorate their kernels when first imported, which the dispatchers in
-``elbo_kernels/ops/<op>.py`` do lazily. TRITON_INTERPRET=1 must be set before
-that first import (the decorators read it), and it then runs the kernels on CPU
-tensors in the Triton interpreter with a single autotune config.
+The ops themselves (``elbo_kernels::<op>_triton``, their fake kernels and
+autograd) are registered by ``elbo_kernels/ops/<op>.py``, whose op bodies call
+the launchers here. Importing this package does not import triton and queries
+no device: the kernel modules (``residual_sums``, ``noising``, ``sde_step``,
+``noise``) import triton and decorate their kernels when first imported, which
+the backend table's loader (ops/_backends.py) and the op bodies do lazily.
+TRITON_INTERPRET=1 must be set before that first import (the decorators read
+it), and it then runs the kernels on CPU tensors in the Triton interpreter with
+a single autotune config.
 """
 
 from __future__ import annotations
 
 import os
 
-from ...backends import BackendStatus
+from .._base import BackendStatus
 
 
 def interpreting() -> bool:
@@ -40,3 +43,4 @@ def status() -> BackendStatus:
     return BackendStatus(
         False, f"triton {version} is installed but no CUDA device is available and TRITON_INTERPRET is not 1"
     )
+

@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._base import accumulation_dtype
 from . import interpreting
 
 # GPU: a few vector widths and warp counts to tune over. Interpreter: exactly one
@@ -76,14 +77,14 @@ def reduce_launch(dtype: torch.dtype) -> dict:
     """BLOCK and num_warps of a reduction kernel for inputs of ``dtype`` (pinned, never tuned)."""
     if interpreting():
         return dict(BLOCK=_INTERPRET_BLOCK, num_warps=4)
-    return dict(BLOCK=_GPU_REDUCE_BLOCK, num_warps=_GPU_REDUCE_WARPS[acc_dtype(dtype)])
+    return dict(BLOCK=_GPU_REDUCE_BLOCK, num_warps=_GPU_REDUCE_WARPS[accumulation_dtype(dtype)])
 
 
 def max_block() -> int:
     return _INTERPRET_BLOCK if interpreting() else max(b for b, _ in _GPU_BLOCKS)
 
 
-def plan_chunks(n_rows: int, d: int) -> Tuple[int, int]:
+def plan_chunks(num_rows: int, d: int) -> Tuple[int, int]:
     """(chunk, n_chunks): chunk is a multiple of every BLOCK; n_chunks * chunk >= d."""
     step = max_block()
     if CHUNK_OVERRIDE is not None:
@@ -92,18 +93,14 @@ def plan_chunks(n_rows: int, d: int) -> Tuple[int, int]:
         # ~1.5 ms per program instance: one program per row, looping over D.
         chunk = triton.cdiv(max(d, 1), step) * step
     else:
-        wanted = max(1, min(triton.cdiv(d, step), triton.cdiv(_GPU_TARGET_PROGRAMS, n_rows)))
+        wanted = max(1, min(triton.cdiv(d, step), triton.cdiv(_GPU_TARGET_PROGRAMS, num_rows)))
         chunk = triton.cdiv(triton.cdiv(d, wanted), step) * step
     return chunk, triton.cdiv(d, chunk)
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation / scalar dtype: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def tl_acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    """The Triton type of ``accumulation_dtype(dtype)`` (ops/_base.py)."""
+    return tl.float64 if accumulation_dtype(dtype) == torch.float64 else tl.float32
 
 
 def rows(x: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """Triton generator of the counter-based noise (spec in elbo_kernels/ops/noise.py).
 
-Registers ``elbo_kernels::generate_noise_triton(Tensor like, int seed, int offset) -> Tensor``:
-eps with like's shape, device and dtype (float32 values cast to like's dtype),
-flat index i drawing ``tl.randn(seed, offset + i)``. Writes numel * E bytes.
+``generate_noise_forward(like, seed, offset)`` is the body of
+``elbo_kernels::generate_noise_triton(Tensor like, int seed, int offset) -> Tensor``,
+which elbo_kernels/ops/noise.py registers with its fake kernel: eps with like's
+shape, device and dtype (float32 values cast to like's dtype), flat index i
+drawing ``tl.randn(seed, offset + i)``. Writes numel * E bytes.
 
 Autotuned once per dtype and process (key=[]): a pure write kernel whose best
 BLOCK does not follow the tensor size, so a new shape does not tune again.
@@ -42,17 +44,3 @@ def generate_noise_forward(like: torch.Tensor, seed: int, offset: int) -> torch.
     with guard:
         _generate_noise_kernel[(n_chunks,)](out, int(seed), int(offset), numel, chunk, enable_fp_fusion=_common.EXACT)
     return out
-
-
-@torch.library.custom_op(
-    "elbo_kernels::generate_noise_triton",
-    mutates_args=(),
-    schema="(Tensor like, int seed, int offset) -> Tensor",
-)
-def generate_noise_triton(like: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
-    return generate_noise_forward(like, seed, offset)
-
-
-@generate_noise_triton.register_fake
-def _(like, seed, offset):
-    return torch.empty(like.shape, dtype=like.dtype, device=like.device)

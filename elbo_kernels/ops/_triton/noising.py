@@ -1,7 +1,8 @@
 """Triton noising x_t = (1 - t) x0 + t eps (math and bytes in elbo_kernels/ops/noising.py).
 
-Registers ``elbo_kernels::noising_triton(x0, t, noise?, draws_per_sample, seed, offset) -> x_t``:
-one pass over a (N rows, chunks of D) grid, x0 row n // K read in place, eps
+``noising_forward(x0, t, noise?, draws_per_sample, seed, offset) -> x_t`` is the body of
+``elbo_kernels::noising_triton``, which elbo_kernels/ops/noising.py registers with its fake
+kernel and autograd: one pass over a (N rows, chunks of D) grid, x0 row n // K read in place, eps
 loaded or regenerated from (seed, offset) when ``noise`` is None. x_t has x0's
 dtype and shape [N, *S]; arithmetic in float32 (float64 for float64 x0),
 without FMA fusion (``_common.EXACT``): x_t equals torch's
@@ -9,8 +10,6 @@ without FMA fusion (``_common.EXACT``): x_t equals torch's
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 import triton
@@ -70,20 +69,3 @@ def noising_forward(x0, t, noise, draws_per_sample, seed, offset) -> torch.Tenso
             HAS_NOISE=noise is not None, ACC=_common.tl_acc(x0.dtype), enable_fp_fusion=_common.EXACT,
         )
     return out
-
-
-@torch.library.custom_op(
-    "elbo_kernels::noising_triton",
-    mutates_args=(),
-    schema="(Tensor x0, Tensor t, Tensor? noise, int draws_per_sample, int seed, int offset) -> Tensor",
-)
-def noising_triton(
-    x0: torch.Tensor, t: torch.Tensor, noise: Optional[torch.Tensor], draws_per_sample: int, seed: int, offset: int
-) -> torch.Tensor:
-    return noising_forward(x0, t, noise, draws_per_sample, seed, offset)
-
-
-@noising_triton.register_fake
-def _(x0, t, noise, draws_per_sample, seed, offset):
-    shape = (x0.shape[0] * draws_per_sample,) + tuple(x0.shape[1:])
-    return torch.empty(shape, dtype=x0.dtype, device=x0.device)

@@ -1,10 +1,10 @@
-"""Triton residual sums (math and bytes in elbo_kernels/ops/residual_sums.py).
+"""Triton residual sums (math and bytes in elbo_kernels/ops/residual_sums.py): kernels and launchers.
 
-Registers, with fake (meta) kernels and autograd:
+The launchers are the bodies of the ops that elbo_kernels/ops/residual_sums.py
+registers, with their fake kernels and autograd:
 
-    elbo_kernels::residual_sums_triton(v, x0, noise?, v_old?, v_ref?, nft_beta, seed, offset) -> [N, 11]
-    elbo_kernels::residual_sums_backward_triton(grad_sums, v, x0, noise?, v_old?, v_ref?,
-                                                nft_beta, seed, offset) -> dL/dv (v's dtype)
+    residual_sums_forward(v, x0, noise?, v_old?, v_ref?, nft_beta, seed, offset) -> [N, 11]
+    residual_sums_backward(grad_sums, v, x0, noise?, v_old?, v_ref?, nft_beta, seed, offset) -> dL/dv
 
 Forward: grid (N rows, chunks of D); each program writes its 11 partial sums to
 [N, chunks, 11], then a fixed-order torch sum over chunks gives the result (no
@@ -23,15 +23,15 @@ would no longer give the bits of the tensor generated from it.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
 
-from .. import residual_sums as residual_sums_op
-from ..residual_sums import NUM_SUMS
+from .._base import accumulation_dtype, draws_per_sample
 from . import _common
+
+# Columns of the output: ops/residual_sums.py SUM_NAMES (tests/ops check the two agree).
+NUM_SUMS = 11
 
 @triton.jit(do_not_specialize=["seed", "offset"])
 def _residual_sums_fwd_kernel(
@@ -162,8 +162,8 @@ class _Launch:
         self.n = v.shape[0]
         if x0.shape[0] == 0 or self.n % x0.shape[0] != 0:
             raise ValueError(f"{op}: v has {self.n} rows, not a multiple of x0's {x0.shape[0]}")
-        self.k = self.n // x0.shape[0]
-        self.acc = _common.acc_dtype(v.dtype)
+        self.draws_per_sample = draws_per_sample(self.n, x0)
+        self.acc = accumulation_dtype(v.dtype)
         self.v = _common.rows(v)
         self.d = self.v.shape[1]
         self.x0 = _common.rows(x0)
@@ -208,7 +208,7 @@ def residual_sums_forward(v, x0, noise, v_old, v_ref, nft_beta, seed, offset) ->
     with launch.guard:
         _residual_sums_fwd_kernel[(launch.n, n_chunks)](
             partial, launch.v, launch.x0, eps, old, ref, launch.beta,
-            int(seed), int(offset), launch.d, chunk, n_chunks, launch.k,
+            int(seed), int(offset), launch.d, chunk, n_chunks, launch.draws_per_sample,
             _common.row_stride(launch.v), _common.row_stride(launch.x0), s_eps, s_old, s_ref,
             HAS_OLD=launch.optional["v_old"] is not None, **launch.flags(), **_common.reduce_launch(v.dtype),
         )
@@ -231,61 +231,9 @@ def residual_sums_backward(grad_sums, v, x0, noise, v_old, v_ref, nft_beta, seed
     with launch.guard:
         _residual_sums_bwd_kernel[(launch.n, n_chunks)](
             grad_v, grad_sums, launch.v, launch.x0, eps, old, ref, launch.beta,
-            int(seed), int(offset), launch.d, chunk, launch.k,
+            int(seed), int(offset), launch.d, chunk, launch.draws_per_sample,
             grad_sums.stride(0), grad_sums.stride(1),
             _common.row_stride(launch.v), _common.row_stride(launch.x0), s_eps, s_old, s_ref,
             **launch.flags(),
         )
     return grad_v
-
-
-@torch.library.custom_op(
-    "elbo_kernels::residual_sums_triton",
-    mutates_args=(),
-    schema="(Tensor v, Tensor x0, Tensor? noise, Tensor? v_old, Tensor? v_ref, "
-    "float nft_beta, int seed, int offset) -> Tensor",
-)
-def residual_sums_triton(
-    v: torch.Tensor,
-    x0: torch.Tensor,
-    noise: Optional[torch.Tensor],
-    v_old: Optional[torch.Tensor],
-    v_ref: Optional[torch.Tensor],
-    nft_beta: float,
-    seed: int,
-    offset: int,
-) -> torch.Tensor:
-    return residual_sums_forward(v, x0, noise, v_old, v_ref, nft_beta, seed, offset)
-
-
-@residual_sums_triton.register_fake
-def _(v, x0, noise, v_old, v_ref, nft_beta, seed, offset):
-    return v.new_empty((v.shape[0], NUM_SUMS), dtype=_common.acc_dtype(v.dtype))
-
-
-@torch.library.custom_op(
-    "elbo_kernels::residual_sums_backward_triton",
-    mutates_args=(),
-    schema="(Tensor grad_sums, Tensor v, Tensor x0, Tensor? noise, Tensor? v_old, Tensor? v_ref, "
-    "float nft_beta, int seed, int offset) -> Tensor",
-)
-def residual_sums_backward_triton(
-    grad_sums: torch.Tensor,
-    v: torch.Tensor,
-    x0: torch.Tensor,
-    noise: Optional[torch.Tensor],
-    v_old: Optional[torch.Tensor],
-    v_ref: Optional[torch.Tensor],
-    nft_beta: float,
-    seed: int,
-    offset: int,
-) -> torch.Tensor:
-    return residual_sums_backward(grad_sums, v, x0, noise, v_old, v_ref, nft_beta, seed, offset)
-
-
-@residual_sums_backward_triton.register_fake
-def _(grad_sums, v, x0, noise, v_old, v_ref, nft_beta, seed, offset):
-    return torch.empty(v.shape, dtype=v.dtype, device=v.device)
-
-
-residual_sums_op.register_autograd("elbo_kernels::residual_sums_triton", residual_sums_backward_triton)

@@ -1,9 +1,10 @@
-"""Triton fused SDE step (math and bytes in elbo_kernels/ops/sde_step.py).
+"""Triton fused SDE step (math and bytes in elbo_kernels/ops/sde_step.py): kernels and launchers.
 
-Registers, with fake kernels and autograd (gradient to v only):
+The launchers are the bodies of the ops that elbo_kernels/ops/sde_step.py
+registers, with their fake kernels and autograd (gradient to v only):
 
-    elbo_kernels::sde_step_triton(v, x, x_prev, coef) -> (log_prob [N], prev_mean [N, *S])
-    elbo_kernels::sde_step_backward_triton(grad_log_prob, grad_prev_mean?, v, x, x_prev, coef) -> dL/dv
+    sde_step_forward(v, x, x_prev, coef) -> (log_prob [N], prev_mean [N, *S])
+    sde_step_backward(grad_log_prob, grad_prev_mean?, v, x, x_prev, coef) -> dL/dv
 
 coef [N, 4] = (a_x, a_v, w, c) per row. Forward: grid (N rows, chunks of D);
 each program writes its slice of prev_mean (float32, float64 for float64 v)
@@ -20,13 +21,13 @@ allow the dtype's tolerance) and is autotuned with fusion on (``_common.FAST``).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from .. import sde_step as sde_step_op
+from .._base import accumulation_dtype
 from . import _common
 
 
@@ -88,7 +89,7 @@ def _prepare(op, v, x, x_prev, coef, **more):
     n = v.shape[0]
     if coef.shape != (n, 4):
         raise ValueError(f"{op}: coef must have shape [{n}, 4] (a_x, a_v, w, c), got {tuple(coef.shape)}")
-    acc = _common.acc_dtype(v.dtype)
+    acc = accumulation_dtype(v.dtype)
     return guard, acc, coef.to(acc).contiguous(), _common.rows(v), _common.rows(x), _common.rows(x_prev)
 
 
@@ -136,45 +137,3 @@ def sde_step_backward(grad_log_prob, grad_prev_mean, v, x, x_prev, coef) -> torc
             HAS_GRAD_MEAN=grad_prev_mean is not None, ACC=_common.tl_acc(v.dtype), enable_fp_fusion=_common.FAST,
         )
     return grad_v
-
-
-@torch.library.custom_op(
-    "elbo_kernels::sde_step_triton",
-    mutates_args=(),
-    schema="(Tensor v, Tensor x, Tensor x_prev, Tensor coef) -> (Tensor, Tensor)",
-)
-def sde_step_triton(
-    v: torch.Tensor, x: torch.Tensor, x_prev: torch.Tensor, coef: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    return sde_step_forward(v, x, x_prev, coef)
-
-
-@sde_step_triton.register_fake
-def _(v, x, x_prev, coef):
-    acc = _common.acc_dtype(v.dtype)
-    return v.new_empty((v.shape[0],), dtype=acc), torch.empty(v.shape, dtype=acc, device=v.device)
-
-
-@torch.library.custom_op(
-    "elbo_kernels::sde_step_backward_triton",
-    mutates_args=(),
-    schema="(Tensor grad_log_prob, Tensor? grad_prev_mean, Tensor v, Tensor x, Tensor x_prev, "
-    "Tensor coef) -> Tensor",
-)
-def sde_step_backward_triton(
-    grad_log_prob: torch.Tensor,
-    grad_prev_mean: Optional[torch.Tensor],
-    v: torch.Tensor,
-    x: torch.Tensor,
-    x_prev: torch.Tensor,
-    coef: torch.Tensor,
-) -> torch.Tensor:
-    return sde_step_backward(grad_log_prob, grad_prev_mean, v, x, x_prev, coef)
-
-
-@sde_step_backward_triton.register_fake
-def _(grad_log_prob, grad_prev_mean, v, x, x_prev, coef):
-    return torch.empty(v.shape, dtype=v.dtype, device=v.device)
-
-
-sde_step_op.register_autograd("elbo_kernels::sde_step_triton", sde_step_backward_triton)
