@@ -3,8 +3,8 @@
 # everything written under $OUT (default ./gpu_check_out).
 #
 #   1. build the CUDA extension and print `elbo-kernels info`          (<= 130 s)
-#   2. the GPU test subset (tests/test_gpu.py, marked gpu), and the Triton
-#      and C++/CUDA backend tests on CUDA tensors (TRITON_INTERPRET=0)  (<= 180 s)
+#   2. the GPU test subset (tests/test_gpu.py, marked gpu), and the per-op
+#      backend tests (tests/test_op_*.py) on CUDA tensors (TRITON_INTERPRET=0)  (<= 180 s)
 #   3. kernel benchmark: fused triton and cuda vs eager vs torch.compile,
 #      forward + backward, fp32 and bf16, N = 8 and 432 of [N, 16, 64, 64],
 #      GB/s against the copy bandwidth of the same run, peak memory     (<= 100 s)
@@ -63,9 +63,10 @@ if [ "$SMOKE" = 1 ]; then
     --variants eager cpu --out "$OUT/kernels.json"
   step train_step 300 "$PY" benchmarks/bench_train_step.py --smoke --device cpu --out "$OUT/train_step.json"
 else
-  # test_gpu.py is all marked gpu; the backend test files run their CUDA cases with TRITON_INTERPRET=0.
-  step tests 180 "$PY" -m pytest -q --maxfail=20 tests/test_gpu.py tests/test_triton_backend.py \
-    tests/test_cpp_backend.py --junitxml="$OUT/pytest.xml"
+  # test_gpu.py is all marked gpu; the per-op files run their cuda and triton cases on the GPU
+  # with TRITON_INTERPRET=0 (and their cpu cases, bar the cpu backend's torch.compile, which CI runs).
+  step tests 180 "$PY" -m pytest -q --maxfail=20 tests/test_gpu.py tests/test_op_*.py tests/test_triton_launch.py \
+    -k "not (test_ops_compile_fullgraph_and_match_eager and cpu)" --junitxml="$OUT/pytest.xml"
   step bench 100 "$PY" benchmarks/bench_kernels.py --device cuda --sizes 8 432 --dtypes float32 bfloat16 \
     --repeats 5 --out "$OUT/kernels.json"
   step train_step 70 "$PY" benchmarks/bench_train_step.py --device cuda --out "$OUT/train_step.json"

@@ -1,6 +1,6 @@
 """The public API on every usable backend agrees with the torch reference backend.
 
-The op-level tests (test_cpp_backend.py, test_triton_backend.py) check each kernel; these check
+The op-level tests (test_op_*.py) check each kernel on every backend; these check
 the composition users call, for every objective x weighting x kl, forward and gradient.
 """
 

@@ -1,6 +1,7 @@
 """The C++ extension as a build and as registered ops: status, determinism, opcheck, torch.compile, errors.
 
-Numerical agreement of each op with its reference is in test_cpp_backend.py, whose helpers this reuses.
+Numerical agreement of each op with its reference, on every backend, is in tests/test_op_*.py, whose
+helpers (tests/ops_cases.py) this reuses.
 """
 
 import os
@@ -14,7 +15,15 @@ import torch
 from elbo_kernels.ops import _cpp
 
 from elbo_kernels.ops.residual_sums import COLUMN, NUM_SUMS
-from test_cpp_backend import _randn, _sde_inputs, _sums_inputs, ops  # also skips without a build
+from ops_cases import randn as _randn
+from ops_cases import sde_inputs as _sde_inputs
+from ops_cases import sums_inputs as _sums_inputs
+
+_STATUS = _cpp.cpu_status()  # raises under ELBO_KERNELS_REQUIRE_CPP=1 when the build fails
+if not _STATUS:
+    pytest.skip(f"C++ extension not built: {_STATUS.reason}", allow_module_level=True)
+_cpp.load()
+ops = torch.ops.elbo_kernels
 
 # ---------------------------------------------------------------- build / status
 

@@ -6,7 +6,7 @@ Properties, for every generated input:
   dtype, the op's outputs are finite (no NaN where the math has none);
 - the "cpu" backend agrees with "torch": its error against the float64 evaluation is at most
   twice torch's own error in the input dtype, plus 32 ulps of the output's scale (as
-  tests/test_cpp_backend.py); "triton" is checked likewise on a few examples (the
+  tests/test_op_*.py); "triton" is checked likewise on a few examples (the
   interpreter is slow);
 - both backends raise, or neither does.
 

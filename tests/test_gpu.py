@@ -1,7 +1,7 @@
 """The GPU subset (``pytest -m gpu``): the fused backends on CUDA tensors, run by scripts/gpu_check.sh.
 
 Skipped without a CUDA device. With TRITON_INTERPRET=0 (gpu_check.sh sets it),
-tests/test_triton_backend.py and tests/test_cpp_backend.py run on the GPU too;
+the per-op backend tests (tests/test_op_*.py) run on the GPU too;
 this file adds what only a GPU can show: every objective x weighting x KL of
 ek.policy_loss on each GPU backend against the torch backend, the bitwise
 contracts with real FMA-capable hardware, the same bits in two processes (each

@@ -277,3 +277,15 @@ def generate_noise_triton(like: torch.Tensor, seed: int, offset: int) -> torch.T
 @generate_noise_triton.register_fake
 def _(like, seed, offset):
     return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+
+
+def _eps_is_data(ctx, inputs, output):
+    ctx.mark_non_differentiable(output)
+
+
+def _no_gradient(ctx, grad_eps):
+    return None, None, None
+
+
+# As the C++ op (no autograd kernel): eps never requires grad, whatever ``like`` does.
+torch.library.register_autograd("elbo_kernels::generate_noise_triton", _no_gradient, setup_context=_eps_is_data)
