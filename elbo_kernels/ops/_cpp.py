@@ -53,8 +53,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from . import _build_cache
-from . import _base
+from . import _base, _build_cache
 from ._base import BackendStatus
 from ._cuda_toolkit import DEFAULT_ARCH_LIST as _DEFAULT_ARCH_LIST
 from ._cuda_toolkit import cuda_build_env as _cuda_build_env
