@@ -99,6 +99,20 @@ def test_a_new_objective_is_validated_by_its_record_in_the_loss(new_objective):
                     backend="torch")
 
 
+@pytest.mark.parametrize("objective", ["pepg", "nft", "awm"])
+def test_the_loss_takes_records_resolved_once_as_it_takes_names(objective):
+    v, x0, eps, t = _inputs()
+    g = torch.Generator().manual_seed(3)
+    v_old, v_ref = (v + 0.1 * torch.randn(v.shape, generator=g, dtype=v.dtype) for _ in range(2))
+    advantages = torch.tensor([0.1, 0.9, 0.5, 0.0], dtype=torch.float64)
+    by_name = policy_loss(v, v_old, v_ref, x0, eps, t, advantages, objective=objective, weighting="t",
+                          backend="torch")
+    by_record = policy_loss(v, v_old, v_ref, x0, eps, t, advantages, objective=objective_record(objective),
+                            weighting=weighting_record("t"), backend="torch")
+    torch.testing.assert_close(by_record[0], by_name[0], rtol=0, atol=0)
+    assert by_record[1].keys() == by_name[1].keys()
+
+
 def test_the_old_policy_is_required_by_record(monkeypatch):
     v, x0, eps, t = _inputs()
     monkeypatch.setitem(OBJECTIVES, "pepg_on_policy", Objective("pepg_on_policy", pepg))

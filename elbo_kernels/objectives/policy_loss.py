@@ -25,11 +25,11 @@ from .._validation import (
     values_range,
 )
 from ..backends import resolve_backend
-from ..estimators.elbo import elbo_from_sums, validate_draws, weighting_record
+from ..estimators.elbo import Weighting, elbo_from_sums, validate_draws, weighting_record
 from ..ops.noise import NoiseSeed
 from ..ops.residual_sums import COLUMN, residual_sums
 from .kl import KL_ESTIMATORS, kl_term
-from .table import OBJECTIVES, Draws, objective_record
+from .table import OBJECTIVES, Draws, Objective, objective_record
 
 
 def policy_loss(
@@ -41,8 +41,8 @@ def policy_loss(
     t,
     advantages,
     *,
-    objective: str = "pepg",
-    weighting: str = "adaptive",
+    objective: Union[str, Objective] = "pepg",
+    weighting: Union[str, Weighting] = "adaptive",
     kl: Optional[str] = "girsanov",
     beta: float = 1e-4,
     clip_range: float = 1e-3,
@@ -63,8 +63,9 @@ def policy_loss(
         t: [N] timesteps in (0, 1].
         advantages: [N] per draw; optimality probabilities in [0, 1] for the objectives whose
             record says advantage_kind="probability" ("nft").
-        objective: one of epg, epg_noratio, pepg, pepg_noratio, par, par_noratio, grpo, nft, awm.
-        weighting: simple, t, path_kl or adaptive (nft uses it for its x0-space losses L+-).
+        objective: one of epg, epg_noratio, pepg, pepg_noratio, par, par_noratio, grpo, nft, awm (a name
+            of OBJECTIVES, or its record, e.g. resolved once by a training loop).
+        weighting: simple, t, path_kl or adaptive, or its record (nft uses it for its x0-space losses L+-).
         kl: girsanov, kl1, kl2, kl3, kl1_iw, kl2_iw, kl3_iw, or None for no KL term.
         beta: KL weight (>= 0).
         clip_range: c of the grpo clip, and the threshold of clipfrac (> 0).
@@ -90,7 +91,7 @@ def policy_loss(
     nft_beta = check_positive("nft_beta", nft_beta)
     if v_old is None and record.needs_old_policy:
         free = tuple(name for name, other in OBJECTIVES.items() if not other.needs_old_policy)
-        raise ValueError(f"v_old is required for objective {objective!r} (only {free} work without it)")
+        raise ValueError(f"v_old is required for objective {record.name!r} (only {free} work without it)")
     use_kl = kl is not None and beta > 0
     if use_kl and v_ref is None:
         raise ValueError(f"v_ref is required for kl={kl!r} with beta={beta} > 0 (pass kl=None or beta=0 to disable)")
@@ -100,7 +101,7 @@ def policy_loss(
     check_finite("advantages", advantages)
     if record.advantage_kind == "probability":
         require_all((advantages >= 0) & (advantages <= 1),
-                    f"advantages for objective {objective!r} are optimality probabilities in [0, 1] "
+                    f"advantages for objective {record.name!r} are optimality probabilities in [0, 1] "
                     "(group_advantages(mode='nft') makes them)", lambda: values_range(advantages))
 
     backend = resolve_backend(backend, v.device)

@@ -28,7 +28,7 @@ The loss, ``TrainConfig.validate()`` and the trainer ask the record; adding a ro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -144,7 +144,12 @@ OBJECTIVES: Dict[str, Objective] = {
 """Name -> :class:`Objective`; ``OBJECTIVES[name](draws)`` is the per-draw loss."""
 
 
-def objective_record(name: str) -> Objective:
-    """The record of objective ``name``; ValueError naming 'objective' and the choices otherwise."""
-    check_choice("objective", name, tuple(OBJECTIVES))
-    return OBJECTIVES[name]
+def objective_record(objective: Union[str, Objective]) -> Objective:
+    """The record of ``objective`` (a name, or a record resolved earlier, returned as it is).
+
+    Raises ValueError naming 'objective' and the choices for an unknown name.
+    """
+    if isinstance(objective, Objective):
+        return objective
+    check_choice("objective", objective, tuple(OBJECTIVES))
+    return OBJECTIVES[objective]

@@ -98,7 +98,7 @@ def elbo_step(trainer, rollout: Rollout, advantages: torch.Tensor,
         v = trainer.velocity(x_t, t, cond)
         loss, stats = policy_loss(
             v.float(), v_old.float(), None if v_ref is None else v_ref.float(), x0[samples].float(), eps.float(), t,
-            adv_all[rows], objective=cfg.objective, weighting=cfg.weighting, kl=cfg.kl, beta=cfg.beta,
+            adv_all[rows], objective=trainer.objective, weighting=trainer.weighting, kl=cfg.kl, beta=cfg.beta,
             clip_range=cfg.clip_range, adv_clip_max=cfg.adv_clip_max, nft_beta=cfg.nft_beta, backend=cfg.backend,
         )
         fraction = (samples.stop - samples.start) / batch_size
