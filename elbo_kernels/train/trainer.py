@@ -293,9 +293,10 @@ class Trainer(PolicySet, NonFiniteGuard):
         finally:
             self._phase = None
 
-    def _policy_step(self, rollout: Rollout, advantages: torch.Tensor, draws) -> Dict[str, float]:
+    def _policy_step(self, rollout: Rollout, advantages: torch.Tensor, generators) -> Dict[str, float]:
+        """The estimator's loss and backward; ``generators``: one per local sample, for its draws."""
         try:
-            stats = POLICY_STEPS[self.config.estimator](self, rollout, advantages, draws)
+            stats = POLICY_STEPS[self.config.estimator](self, rollout, advantages, generators)
         except ValueError as error:
             # The public ops name a non-finite argument with a ValueError; that is a skip, not a crash.
             # (With several processes the velocity and loss hooks catch non-finite values first.)
@@ -367,8 +368,8 @@ class Trainer(PolicySet, NonFiniteGuard):
             if self._agreed_reason() is None:  # a skipped epoch's rollout is never trained on
                 advantages = self.advantages(prompts, rewards)[samples.start:samples.stop]
                 with timer("loss_backward"):
-                    draws = [self.generator(epoch, "draws", i) for i in samples]
-                    stats = self._run("update", self._policy_step, rollout, advantages, draws)
+                    generators = [self.generator(epoch, "draws", i) for i in samples]
+                    stats = self._run("update", self._policy_step, rollout, advantages, generators)
             with timer("optimizer"):
                 stepped = self.optimizer_step()
             self.epoch = epoch + 1
