@@ -24,8 +24,8 @@ from .._validation import check_choice
 
 STD_EPS = 1e-4
 
-# What advantages are: any real number, or an optimality probability in [0, 1].
-ADVANTAGE_KINDS = ("real", "probability")
+# What advantages are; an objective that takes "real" advantages takes every kind.
+ADVANTAGE_KINDS = {"real": "any real numbers", "probability": "optimality probabilities in [0, 1]"}
 
 
 def _standard(rewards, centred, std, scale: float, adv_clip_max: float):

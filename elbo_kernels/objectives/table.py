@@ -126,6 +126,10 @@ class Objective:
     def __call__(self, draws: Draws) -> torch.Tensor:
         return self.per_draw(draws)
 
+    def takes(self, advantage_kind: str) -> bool:
+        """Whether advantages of ``advantage_kind`` (an advantage mode's kind) suit this objective."""
+        return self.advantage_kind in ("real", advantage_kind)
+
 
 OBJECTIVES: Dict[str, Objective] = {
     record.name: record

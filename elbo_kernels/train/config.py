@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from ..advantages import ADVANTAGE_MODE_RECORDS, ADVANTAGE_MODES
+from ..advantages import ADVANTAGE_KINDS, ADVANTAGE_MODE_RECORDS, ADVANTAGE_MODES
 from ..backends import BACKENDS
 from ..estimators import ESTIMATORS, NOISE_MODES, SDE_TYPES, TIMESTEP_SAMPLERS, WEIGHTINGS
 from ..objectives import KL_ESTIMATORS, OBJECTIVES
@@ -175,11 +175,10 @@ class TrainConfig:
         if mode.uses_std and self.group_size == 1:
             _require(False, "group_size", 1, ">= 2 with std-normalised advantages (advantage_mode "
                      f"{self.advantage_mode!r}): a group of one has no spread")
-        if objective.advantage_kind != "real":
-            giving = [name for name in ADVANTAGE_MODES if ADVANTAGE_MODE_RECORDS[name].kind == objective.advantage_kind]
-            _require(mode.kind == objective.advantage_kind, "advantage_mode", self.advantage_mode,
-                     f"one of {', '.join(map(repr, giving))} with objective {self.objective!r} (it takes "
-                     f"advantages of kind {objective.advantage_kind!r}: optimality probabilities in [0, 1])")
+        suitable = [name for name in ADVANTAGE_MODES if objective.takes(ADVANTAGE_MODE_RECORDS[name].kind)]
+        _require(objective.takes(mode.kind), "advantage_mode", self.advantage_mode,
+                 f"one of {', '.join(map(repr, suitable))} with objective {self.objective!r} (it takes "
+                 f"{ADVANTAGE_KINDS[objective.advantage_kind]})")
         if self.estimator == "trajectory":
             _require(self.sampler == "sde", "sampler", self.sampler, "'sde' with estimator 'trajectory' "
                      "(the trajectory estimator needs the SDE's per-step log-probabilities)")
