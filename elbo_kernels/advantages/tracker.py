@@ -62,12 +62,13 @@ class PerPromptStatTracker:
         for prompt in unique:
             mask = prompts == prompt
             history = np.asarray(self.stats[prompt])
-            centred = rewards[mask] - history.mean()
+            values = rewards[mask]
+            centred = values - history.mean()
             if history.max() == history.min():
                 zero_spread += 1
                 centred = np.zeros_like(centred)
             std = (rewards.std() if self.global_std else history.std()) if mode.uses_std else None
-            advantages[mask] = mode.formula(rewards[mask], centred, std, self.scale, self.adv_clip_max)
+            advantages[mask] = mode.formula(values, centred, std, self.scale, self.adv_clip_max)
         self.zero_std_ratio = zero_spread / len(unique)
         return advantages
 
