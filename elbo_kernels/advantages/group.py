@@ -1,9 +1,10 @@
 """Group-relative advantages.
 
 For the rewards R of one group (the samples of one prompt), with mean m and
-population standard deviation s:
+population standard deviation s (over all rewards with global_std=True), the
+modes of advantages/modes.py:
 
-    standard   A = (R - m) / (s + 1e-4)       (s over all rewards with global_std=True)
+    standard   A = (R - m) / (s + 1e-4)
     exact      A = scale * (R - m)            (the study's default: scale 0.1, no std)
     nft        p = clip(A_std, -M, M) / M / 2 + 1/2 in [0, 1], A_std the standard form,
                M = adv_clip_max: DiffusionNFT's optimality probability
@@ -17,10 +18,8 @@ from typing import Sequence, Union
 
 import torch
 
-from .._validation import check_choice, check_finite, check_positive
-
-ADVANTAGE_MODES = ("standard", "exact", "nft")
-STD_EPS = 1e-4
+from .._validation import check_finite, check_positive
+from .modes import ADVANTAGE_MODES, STD_EPS, advantage_mode  # noqa: F401 - STD_EPS re-exported
 
 
 def _group_index(group_ids, n: int, device) -> torch.Tensor:
@@ -61,7 +60,7 @@ def group_advantages(
         TypeError / ValueError naming the argument for bad shapes, NaN/Inf rewards, empty input
         or an unknown mode.
     """
-    check_choice("mode", mode, ADVANTAGE_MODES)
+    record = advantage_mode(mode)
     if not isinstance(rewards, torch.Tensor):
         rewards = torch.as_tensor(rewards)
     if rewards.dim() != 1 or rewards.numel() == 0:
@@ -82,14 +81,10 @@ def group_advantages(
         0, index, r, "amin", include_self=False
     )
     centred = torch.where(spread[index] > 0, centred, torch.zeros_like(centred))
-    if mode == "exact":
-        return scale * centred
-    if global_std:
+    std = None
+    if record.uses_std and global_std:
         std = r.std(unbiased=False)
-    else:
+    elif record.uses_std:
         var = torch.zeros(groups, dtype=dtype, device=r.device).index_add_(0, index, centred.square()) / count
         std = var.sqrt()[index]
-    advantages = centred / (std + STD_EPS)
-    if mode == "standard":
-        return advantages
-    return advantages.clamp(-adv_clip_max, adv_clip_max) / adv_clip_max / 2 + 0.5
+    return record.formula(r, centred, std, scale, adv_clip_max)

@@ -2,9 +2,14 @@
 
 Rewards are accumulated per prompt string across ``update`` calls until
 ``clear()`` (FlowGRPO clears once per epoch); each update returns advantages of
-the rewards just given, standardised with the prompt's accumulated statistics:
+the rewards just given, from the prompt's accumulated statistics (mean_prompt, std_prompt;
+the std of all given rewards with global_std) and the formulas of advantages/modes.py
+(the same as ``group_advantages``):
 
-    A = (R - mean_prompt) / (std_prompt + 1e-4)      (std of all given rewards with global_std)
+    standard (FlowGRPO's "grpo")   A = (R - mean_prompt) / (std_prompt + 1e-4)
+    exact                          A = scale * (R - mean_prompt)
+    nft                            p = clip(A_standard, -M, M) / M / 2 + 1/2
+    rwr                            A = R
 
 Prompts whose accumulated rewards are all equal get A = 0 and are counted in
 ``zero_std_ratio`` (the fraction of prompts of the last update with no spread).
@@ -16,9 +21,10 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .group import STD_EPS
+from .modes import ADVANTAGE_MODE_RECORDS, FLOWGRPO_NAMES, advantage_mode
 
-TRACKER_TYPES = ("grpo", "exact", "nft", "rwr")
+# The tracker's modes: all of advantages/modes.py, and FlowGRPO's names for them.
+TRACKER_TYPES = tuple(ADVANTAGE_MODE_RECORDS) + tuple(FLOWGRPO_NAMES)
 
 
 class PerPromptStatTracker:
@@ -35,13 +41,12 @@ class PerPromptStatTracker:
     def update(self, prompts: Sequence[str], rewards, type: str = "grpo") -> np.ndarray:  # noqa: A002
         """Advantages (float64 array, one per reward) for this batch.
 
-        type: "grpo" standardised (FlowGRPO), "exact" scale * (R - mean) (the study),
-        "nft" the standardised advantage mapped to an optimality probability
-        clip(A, -M, M) / M / 2 + 1/2 (DiffusionNFT), "rwr" the raw rewards.
+        type: a mode of advantages/modes.py: "standard" (or FlowGRPO's name "grpo") standardised,
+        "exact" scale * (R - mean) (the study), "nft" the standardised advantage mapped to an
+        optimality probability clip(A, -M, M) / M / 2 + 1/2 (DiffusionNFT), "rwr" the raw rewards.
         Raises ValueError for mismatched lengths, non-finite rewards or an unknown type.
         """
-        if type not in TRACKER_TYPES:
-            raise ValueError(f"unknown type {type!r}; expected one of {', '.join(map(repr, TRACKER_TYPES))}")
+        mode = advantage_mode(FLOWGRPO_NAMES.get(type, type), TRACKER_TYPES, argument="type")
         prompts = np.asarray(list(prompts), dtype=object)
         rewards = np.asarray(rewards, dtype=np.float64).reshape(-1)
         if prompts.shape[0] != rewards.shape[0]:
@@ -57,20 +62,13 @@ class PerPromptStatTracker:
         for prompt in unique:
             mask = prompts == prompt
             history = np.asarray(self.stats[prompt])
-            centred = rewards[mask] - history.mean()
+            values = rewards[mask]
+            centred = values - history.mean()
             if history.max() == history.min():
                 zero_spread += 1
                 centred = np.zeros_like(centred)
-            if type == "rwr":
-                advantages[mask] = rewards[mask]
-            elif type == "exact":
-                advantages[mask] = self.scale * centred
-            else:
-                std = rewards.std() if self.global_std else history.std()
-                advantages[mask] = centred / (std + STD_EPS)
-                if type == "nft":
-                    m = self.adv_clip_max
-                    advantages[mask] = np.clip(advantages[mask], -m, m) / m / 2 + 0.5
+            std = (rewards.std() if self.global_std else history.std()) if mode.uses_std else None
+            advantages[mask] = mode.formula(values, centred, std, self.scale, self.adv_clip_max)
         self.zero_std_ratio = zero_spread / len(unique)
         return advantages
 

@@ -1,10 +1,17 @@
 """Likelihood estimators: the ELBO (weightings, timestep and noise sampling) and the SDE trajectory."""
 
-from .elbo import WEIGHTINGS, elbo, elbo_from_moments, noising
+from .elbo import WEIGHTINGS, Weighting, elbo, elbo_from_moments, noising, weighting_record
 from .timesteps import NOISE_MODES, TIMESTEP_SAMPLERS, sample_noise, sample_timesteps
 from .trajectory import SDE_TYPES, sde_step_coefficients, sde_step_log_prob
 
+# The likelihood estimators: per-draw ELBOs of the final sample (elbo.py), or the SDE rollout's
+# per-step log-probabilities (trajectory.py).
+ESTIMATORS = ("elbo", "trajectory")
+
 __all__ = [
+    "ESTIMATORS",
+    "Weighting",
+    "weighting_record",
     "WEIGHTINGS",
     "elbo",
     "elbo_from_moments",

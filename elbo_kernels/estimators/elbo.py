@@ -30,7 +30,8 @@ weightings below are scalar functions of mean|r| = S1 / D and mean r^2 = S2 / D.
 
 from __future__ import annotations
 
-from typing import Union
+from dataclasses import dataclass
+from typing import Callable, Dict, Union
 
 import torch
 
@@ -49,13 +50,57 @@ from ..ops.noise import NoiseSeed, check_noise_seed
 from ..ops.noising import noising_op
 from ..ops.residual_sums import COLUMN, residual_sums
 
-WEIGHTINGS = ("simple", "t", "path_kl", "adaptive")
 ADAPTIVE_FLOOR = 1e-5
 PATH_KL_EPS = 1e-3
 
 
+def _simple(mean_abs: torch.Tensor, mean_sq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return -mean_sq
+
+
+def _t(mean_abs: torch.Tensor, mean_sq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return -t.square() * mean_sq
+
+
+def _path_kl(mean_abs: torch.Tensor, mean_sq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return -((1 - t) / (t + PATH_KL_EPS)) * mean_sq
+
+
+def _adaptive(mean_abs: torch.Tensor, mean_sq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    # The study computes a in float64; our sums are fp32-accumulated for fp32 inputs,
+    # which matches its value to fp32 rounding.
+    a = (t * mean_abs.detach()).clamp_min(ADAPTIVE_FLOOR)
+    return -t.square() * mean_sq / a
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """One weighting of the per-draw ELBO (module docstring): e = estimate(mean|r|, mean r^2, t)."""
+
+    name: str
+    estimate: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def __call__(self, mean_abs: torch.Tensor, mean_sq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.estimate(mean_abs, mean_sq, t.to(mean_sq.dtype))
+
+
+WEIGHTING_RECORDS: Dict[str, Weighting] = {
+    w.name: w for w in (Weighting("simple", _simple), Weighting("t", _t), Weighting("path_kl", _path_kl),
+                        Weighting("adaptive", _adaptive))
+}
+WEIGHTINGS = tuple(WEIGHTING_RECORDS)
+
+
+def weighting_record(weighting: Union[str, Weighting]) -> Weighting:
+    """The record of ``weighting`` (a name or a record); ValueError naming 'weighting' otherwise."""
+    if isinstance(weighting, Weighting):
+        return weighting
+    check_choice("weighting", weighting, WEIGHTINGS)
+    return WEIGHTING_RECORDS[weighting]
+
+
 def elbo_from_moments(
-    mean_abs: torch.Tensor, mean_sq: torch.Tensor, t: torch.Tensor, weighting: str = "adaptive"
+    mean_abs: torch.Tensor, mean_sq: torch.Tensor, t: torch.Tensor, weighting: Union[str, Weighting] = "adaptive"
 ) -> torch.Tensor:
     """Per-draw ELBO e from mean|r| and mean r^2 of the velocity residual r = u - v.
 
@@ -63,37 +108,36 @@ def elbo_from_moments(
         mean_abs: [N] mean over D of |r| (used only by "adaptive", under stop-gradient).
         mean_sq: [N] mean over D of r^2 (differentiable).
         t: [N] timesteps in (0, 1].
+        weighting: a name of WEIGHTINGS, or its :class:`Weighting` record.
     Returns:
         e [N] in mean_sq's dtype.
+    Raises:
+        ValueError naming 'weighting' for an unknown weighting.
     """
-    check_choice("weighting", weighting, WEIGHTINGS)
-    t = t.to(mean_sq.dtype)
-    if weighting == "simple":
-        return -mean_sq
-    if weighting == "t":
-        return -t.square() * mean_sq
-    if weighting == "path_kl":
-        return -((1 - t) / (t + PATH_KL_EPS)) * mean_sq
-    # The study computes a in float64; our sums are fp32-accumulated for fp32 inputs,
-    # which matches its value to fp32 rounding.
-    a = (t * mean_abs.detach()).clamp_min(ADAPTIVE_FLOOR)
-    return -t.square() * mean_sq / a
+    return weighting_record(weighting)(mean_abs, mean_sq, t)
 
 
-def elbo_from_sums(sums: torch.Tensor, t: torch.Tensor, d: int, weighting: str, which: str = "S") -> torch.Tensor:
-    """e from the residual-sum columns (which = "S" current, "O" old, "R" reference, "P"/"M" nft blends)."""
-    first, second = {"S": ("S1", "S2"), "O": ("O1", "O2"), "R": ("R1", "R2"), "P": ("P1", "P2"), "M": ("M1", "M2")}[which]
-    return elbo_from_moments(sums[:, COLUMN[first]] / d, sums[:, COLUMN[second]] / d, t, weighting)
+# The residual-sum columns of each velocity: current, old, reference and nft's blends v+- .
+_SUM_COLUMNS = {"S": ("S1", "S2"), "O": ("O1", "O2"), "R": ("R1", "R2"), "P": ("P1", "P2"), "M": ("M1", "M2")}
+
+
+def elbo_from_sums(sums: torch.Tensor, t: torch.Tensor, d: int, weighting: Weighting, which: str = "S") -> torch.Tensor:
+    """e from the residual-sum columns (which = "S" current, "O" old, "R" reference, "P"/"M" nft blends).
+
+    ``weighting`` is a resolved :class:`Weighting` record: callers check the name once, at their entry.
+    """
+    first, second = _SUM_COLUMNS[which]
+    return weighting(sums[:, COLUMN[first]] / d, sums[:, COLUMN[second]] / d, t)
 
 
 def validate_draws(v, x0, noise, t, **others) -> tuple:
-    """Shared checks of the per-draw inputs; returns (K draws per sample, t as [N] tensor).
+    """Shared checks of the per-draw inputs; returns (draws_per_sample K = N / B, t as [N] tensor).
 
     Finiteness of the big tensors is checked after the op, through its sums
     (:func:`check_finite_through`), so that validation does not cost a pass over them.
     """
     check_tensor("v", v)
-    k = check_x0(x0, v)
+    draws_per_sample = check_x0(x0, v)
     if isinstance(noise, NoiseSeed):
         check_noise_seed(noise, v.numel())
     else:
@@ -101,7 +145,7 @@ def validate_draws(v, x0, noise, t, **others) -> tuple:
     check_same_layout("v", v, **others)
     t = check_per_draw("t", t, v.shape[0], v.device)
     check_timesteps(t)
-    return k, t
+    return draws_per_sample, t
 
 
 def elbo(
@@ -131,7 +175,7 @@ def elbo(
         t outside (0, 1], NaN/Inf inputs, an empty batch, unknown weighting or backend.
     """
     _, t = validate_draws(v, x0, noise, t)
-    check_choice("weighting", weighting, WEIGHTINGS)
+    weighting = weighting_record(weighting)
     backend = resolve_backend(backend, v.device)
     sums = residual_sums(v, x0, noise, backend=backend)
     check_finite_through(sums, "the ELBO's residual sums", v=v, x0=x0, noise=noise)

@@ -79,11 +79,10 @@ def sample_timesteps(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not 0 < t_min < t_max <= 1:
         raise ValueError(f"t_min and t_max must satisfy 0 < t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
-    b, k = batch_size, draws_per_sample
     if paired:
-        if k % 2:
-            raise ValueError(f"paired timesteps need an even draws_per_sample, got {k}")
-        half = sample_timesteps(b, k // 2, sampler=sampler, grid=grid, t_min=t_min, t_max=t_max,
+        if draws_per_sample % 2:
+            raise ValueError(f"paired timesteps need an even draws_per_sample, got {draws_per_sample}")
+        half = sample_timesteps(batch_size, draws_per_sample // 2, sampler=sampler, grid=grid, t_min=t_min, t_max=t_max,
                                 logit_mean=logit_mean, logit_std=logit_std, generator=generator, device=device)
         return half.repeat_interleave(2, dim=1)
     if sampler == "grid":
@@ -91,21 +90,22 @@ def sample_timesteps(
             raise ValueError("sampler 'grid' needs grid=<the rollout's sigma grid>")
         check_tensor("grid", grid)
         positive = grid[grid > 0].to(torch.float32)
-        if k > positive.numel():
+        if draws_per_sample > positive.numel():
             raise ValueError(
-                f"draws_per_sample={k} exceeds the {positive.numel()} positive values of the grid"
+                f"draws_per_sample={draws_per_sample} exceeds the {positive.numel()} positive values of the grid"
             )
         gen = _generator(generator, "cpu")
-        order = torch.argsort(torch.rand(b, positive.numel(), generator=gen), dim=1)[:, :k]
+        order = torch.argsort(torch.rand(batch_size, positive.numel(), generator=gen), dim=1)[:, :draws_per_sample]
         return positive.cpu()[order].to(grid.device)
     gen = _generator(generator, "cpu")
+    shape = (batch_size, draws_per_sample)
     if sampler == "uniform":
-        t = t_min + (t_max - t_min) * torch.rand(b, k, generator=gen)
+        t = t_min + (t_max - t_min) * torch.rand(shape, generator=gen)
     elif sampler == "logit_normal":
-        t = torch.sigmoid(logit_mean + logit_std * torch.randn(b, k, generator=gen)).clamp(t_min, t_max)
+        t = torch.sigmoid(logit_mean + logit_std * torch.randn(shape, generator=gen)).clamp(t_min, t_max)
     else:
-        strata = torch.arange(k, dtype=torch.float32)
-        t = t_min + (t_max - t_min) * (strata + torch.rand(b, k, generator=gen)) / k
+        strata = torch.arange(draws_per_sample, dtype=torch.float32)
+        t = t_min + (t_max - t_min) * (strata + torch.rand(shape, generator=gen)) / draws_per_sample
     return t.clamp_(min=t_min, max=t_max).to(device)
 
 
@@ -127,14 +127,14 @@ def sample_noise(
     shape = tuple(int(s) for s in shape)
     if len(shape) < 1 or shape[0] < 1:
         raise ValueError(f"shape must be (N, *S) with N >= 1, got {shape}")
-    n, k = shape[0], draws_per_sample
-    if k < 1 or n % k:
-        raise ValueError(f"shape[0]={n} must be a multiple of draws_per_sample={k}")
+    draws = shape[0]
+    if draws_per_sample < 1 or draws % draws_per_sample:
+        raise ValueError(f"shape[0]={draws} must be a multiple of draws_per_sample={draws_per_sample}")
     gen = _generator(generator, "cpu")
     if mode == "iid":
         return torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
-    if k % 2:
-        raise ValueError(f"mode 'antithetic' pairs draws, so draws_per_sample must be even, got {k}")
-    half = torch.randn((n // 2,) + shape[1:], generator=gen)
+    if draws_per_sample % 2:
+        raise ValueError(f"mode 'antithetic' pairs draws, so draws_per_sample must be even, got {draws_per_sample}")
+    half = torch.randn((draws // 2,) + shape[1:], generator=gen)
     eps = torch.stack([half, -half], dim=1).reshape(shape)
     return eps.to(device=device, dtype=dtype)

@@ -41,3 +41,34 @@ class FlowModelAdapter(Protocol):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images [N, C, H, W] float in [0, 1] from final latents."""
+
+
+class PipelineModel:
+    """The part of an adapter over a diffusers pipeline that does not depend on the family.
+
+    ``transformer`` is the pipeline's (assignable: the trainer swaps in an accelerate-wrapped
+    module, or frozen copies without LoRA); ``device`` is where its parameters are; ``to``
+    moves every component and drops the cached prompt embeddings (``self._cache``).
+    Subclasses set ``pipeline`` and ``_cache`` (anything with ``clear()``).
+    """
+
+    pipeline = None
+    _cache = None
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.pipeline.transformer
+
+    @transformer.setter
+    def transformer(self, module: torch.nn.Module) -> None:
+        self.pipeline.transformer = module
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def to(self, device):
+        """Move every component to ``device`` (cached prompt embeddings are dropped); returns self."""
+        self.pipeline.to(device)
+        self._cache.clear()
+        return self

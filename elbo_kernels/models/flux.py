@@ -27,7 +27,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .pipelines import PipelineAdapter, check_latents, check_resolution, check_velocity_inputs, tiny_t5_tokenizer
+from .pipelines import (PipelineAdapter, check_latents, check_resolution, check_velocity_inputs, tiny_clip_tokenizer,
+                        tiny_t5_tokenizer)
 
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
 
@@ -184,11 +185,9 @@ def save_tiny_pipeline(directory, *, seed: int = 0, resolution: int = 32, max_le
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from .sd3 import _tiny_clip_tokenizer
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    clip_tokenizer = _tiny_clip_tokenizer(max_length)
+    clip_tokenizer = tiny_clip_tokenizer(max_length)
     t5_tokenizer = tiny_t5_tokenizer(max_length)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

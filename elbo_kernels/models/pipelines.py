@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from .base import PipelineModel
 from .sd3 import ModelNotAvailableError, _diagnose, _is_local, _null_components, resolve_dtype
 
 ADAPTERS: Dict[str, str] = {
@@ -186,7 +188,7 @@ class PromptCache:
         self.entries.clear()
 
 
-class PipelineAdapter:
+class PipelineAdapter(PipelineModel):
     """What the FlowModelAdapter implementations over a diffusers pipeline have in common.
 
     Subclasses set ``latent_shape`` and ``lora_target_modules`` and implement
@@ -215,25 +217,6 @@ class PipelineAdapter:
         model = cls(pipeline, **options)
         model.transformer.requires_grad_(False)
         return model.to(device)
-
-    @property
-    def transformer(self) -> torch.nn.Module:
-        return self.pipeline.transformer
-
-    @transformer.setter
-    def transformer(self, module: torch.nn.Module) -> None:
-        # The trainer swaps in an accelerate-wrapped module (or frozen copies without LoRA).
-        self.pipeline.transformer = module
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
-
-    def to(self, device):
-        """Move every component to ``device`` (cached prompt embeddings are dropped)."""
-        self.pipeline.to(device)
-        self._cache.clear()
-        return self
 
     def encode_prompts(self, prompts: Sequence[str]) -> Dict[str, torch.Tensor]:
         """Conditioning for ``prompts`` (batch-first; computed once per distinct prompt, LRU-cached).
@@ -297,6 +280,34 @@ def check_velocity_inputs(x: torch.Tensor, t, batch: int, latent_shape) -> torch
 
 
 # --- locally built tokenizers for the tiny offline pipelines ------------------------------------------
+def byte_level_vocab() -> List[str]:
+    """The 256 printable stand-ins for bytes that CLIP's byte-level BPE uses (GPT-2's table)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+        + list(range(ord("®"), ord("ÿ") + 1))
+    codes, extra = printable[:], 0
+    for byte in range(256):
+        if byte not in printable:
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def tiny_clip_tokenizer(max_length: int):
+    """A byte-level CLIPTokenizer with no merges (one token per character), built without any download."""
+    from transformers import CLIPTokenizer
+
+    chars = byte_level_vocab()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"),
+                             model_max_length=max_length, pad_token="<|endoftext|>")
+
+
 def tiny_t5_tokenizer(max_length: int = 16):
     """A T5 (Unigram) tokenizer over single characters, built without any download."""
     from transformers import T5TokenizerFast
@@ -310,9 +321,7 @@ def tiny_qwen_tokenizer(max_length: int = 64):
     """A Qwen2 byte-level BPE tokenizer with no merges (one token per byte) and Qwen's chat tokens."""
     from transformers import Qwen2Tokenizer
 
-    from .sd3 import _byte_level_vocab
-
-    vocab = {c: i for i, c in enumerate(_byte_level_vocab())}
+    vocab = {c: i for i, c in enumerate(byte_level_vocab())}
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], model_max_length=max_length)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tokenizer.add_special_tokens({"pad_token": "<|endoftext|>"})

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+
+from .base import PipelineModel
+from .prompts import DEFAULT_PROMPTS, read_prompts  # noqa: F401 - re-exported (their home until issue 14)
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-3.5-medium"
 
@@ -170,7 +172,7 @@ def load_pipeline(source: str = DEFAULT_MODEL, *, dtype=None, without_t5: bool =
         ) from error
 
 
-class SD3Model:
+class SD3Model(PipelineModel):
     """FlowModelAdapter over a diffusers StableDiffusion3Pipeline (SD3 / SD3.5).
 
     Attributes:
@@ -272,26 +274,7 @@ class SD3Model:
         model.transformer.requires_grad_(False)
         return model.to(device)
 
-    def to(self, device) -> "SD3Model":
-        """Move every component to ``device`` (cached prompt embeddings are dropped)."""
-        self.pipeline.to(device)
-        self._cache.clear()
-        return self
-
-    # --- the FlowModelAdapter protocol ----------------------------------------------------------------
-    @property
-    def transformer(self) -> torch.nn.Module:
-        return self.pipeline.transformer
-
-    @transformer.setter
-    def transformer(self, module: torch.nn.Module) -> None:
-        # The trainer swaps in an accelerate-wrapped module (or frozen copies without LoRA).
-        self.pipeline.transformer = module
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
-
+    # --- the FlowModelAdapter protocol (transformer, device and to() from PipelineModel) -----------------
     @property
     def sampler_shift(self) -> float:
         return float(getattr(self.pipeline.scheduler.config, "shift", 1.0))
@@ -386,34 +369,6 @@ class SD3Model:
 
 
 # --- a tiny random SD3 pipeline, for tests and offline smoke runs -------------------------------------
-def _byte_level_vocab() -> List[str]:
-    """The 256 printable stand-ins for bytes that CLIP's byte-level BPE uses (GPT-2's table)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
-    codes, extra = printable[:], 0
-    for byte in range(256):
-        if byte not in printable:
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
-
-
-def _tiny_clip_tokenizer(max_length: int):
-    """A byte-level CLIPTokenizer with no merges (one token per character), built without any download."""
-    from transformers import CLIPTokenizer
-
-    chars = _byte_level_vocab()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
-        return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"),
-                             model_max_length=max_length, pad_token="<|endoftext|>")
-
-
 def save_tiny_pipeline(directory, *, seed: int = 0, sample_size: int = 8, max_length: int = 16) -> Path:
     """Write a tiny random StableDiffusion3Pipeline to ``directory`` (``save_pretrained`` layout).
 
@@ -432,7 +387,9 @@ def save_tiny_pipeline(directory, *, seed: int = 0, sample_size: int = 8, max_le
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = _tiny_clip_tokenizer(max_length)
+    from .pipelines import tiny_clip_tokenizer
+
+    tokenizer = tiny_clip_tokenizer(max_length)
     vocab = tokenizer.get_vocab()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -463,56 +420,3 @@ def save_tiny_pipeline(directory, *, seed: int = 0, sample_size: int = 8, max_le
         )
     pipeline.save_pretrained(str(directory))
     return directory
-
-
-# --- prompt sets ----------------------------------------------------------------------------------------
-DEFAULT_PROMPTS = [
-    "a photo of a cat sitting on a windowsill", "a red bicycle leaning against a brick wall",
-    "a bowl of fresh fruit on a wooden table", "a lighthouse on a rocky coast at sunset",
-    "a dog running on a sandy beach", "a cup of coffee next to an open book",
-    "a snowy mountain under a clear blue sky", "a vintage car parked on a city street",
-    "a field of sunflowers in summer", "a small wooden boat on a calm lake",
-    "a horse grazing in a green meadow", "a bunch of balloons floating in the air",
-    "a stack of pancakes with berries", "an owl perched on a tree branch at night",
-    "a green apple and a yellow banana", "a teddy bear on a bed",
-]
-"""Generic prompts used when an SD3 task is given no prompt file."""
-
-
-def read_prompts(path) -> Tuple[List[str], Dict[str, dict]]:
-    """Prompts (and per-prompt metadata) from a file, in FlowGRPO's dataset formats.
-
-    ``*.txt``: one prompt per line (blank lines skipped), metadata {}.
-    ``*.jsonl``: one JSON object per line with a "prompt" key; the whole object is that
-    prompt's metadata (GenEval's ``train_metadata.jsonl`` layout).
-
-    Returns:
-        (prompts, {prompt: metadata}).
-    Raises:
-        FileNotFoundError naming the path; ValueError naming the line for bad JSON / missing "prompt"
-        or an empty file.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} does not exist")
-    prompts: List[str] = []
-    metadata: Dict[str, dict] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = line.strip()
-        if not line:
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number} is not valid JSON: {error}") from None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                raise ValueError(f"{path}:{number} must be a JSON object with a string 'prompt'")
-            prompts.append(record["prompt"])
-            metadata[record["prompt"]] = record
-        else:
-            prompts.append(line)
-            metadata.setdefault(line, {})
-    if not prompts:
-        raise ValueError(f"prompt file {path} holds no prompts")
-    return prompts, metadata

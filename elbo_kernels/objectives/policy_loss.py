@@ -25,14 +25,11 @@ from .._validation import (
     values_range,
 )
 from ..backends import resolve_backend
-from ..estimators.elbo import WEIGHTINGS, elbo_from_sums, validate_draws
+from ..estimators.elbo import Weighting, elbo_from_sums, validate_draws, weighting_record
 from ..ops.noise import NoiseSeed
 from ..ops.residual_sums import COLUMN, residual_sums
 from .kl import KL_ESTIMATORS, kl_term
-from .table import OBJECTIVES, Draws
-
-# Objectives that never look at the old policy (v_old may be None for them).
-OFF_POLICY_FREE = ("epg_noratio", "awm")
+from .table import OBJECTIVES, Draws, Objective, objective_record
 
 
 def policy_loss(
@@ -44,8 +41,8 @@ def policy_loss(
     t,
     advantages,
     *,
-    objective: str = "pepg",
-    weighting: str = "adaptive",
+    objective: Union[str, Objective] = "pepg",
+    weighting: Union[str, Weighting] = "adaptive",
     kl: Optional[str] = "girsanov",
     beta: float = 1e-4,
     clip_range: float = 1e-3,
@@ -58,15 +55,17 @@ def policy_loss(
     Args:
         v: current-policy velocities [N, *S] at (x_t, t); gradients flow to v only.
         v_old: old-policy velocities at the same x_t [N, *S] (no gradient). May be None only for
-            "epg_noratio" and "awm", which never use the old policy.
+            the objectives whose record says needs_old_policy=False ("epg_noratio", "awm").
         v_ref: reference-model velocities [N, *S] (no gradient); required when ``kl`` is set and
             beta > 0, ignored otherwise.
         x0: [N, *S] or [B, *S] with N = B * K (draw n uses x0[n // K], not copied).
         noise: eps [N, *S] that made x_t, or NoiseSeed(seed, offset) to regenerate it in-kernel.
         t: [N] timesteps in (0, 1].
-        advantages: [N] per draw; for "nft" optimality probabilities in [0, 1].
-        objective: one of epg, epg_noratio, pepg, pepg_noratio, par, par_noratio, grpo, nft, awm.
-        weighting: simple, t, path_kl or adaptive (nft uses it for its x0-space losses L+-).
+        advantages: [N] per draw; optimality probabilities in [0, 1] for the objectives whose
+            record says advantage_kind="probability" ("nft").
+        objective: one of epg, epg_noratio, pepg, pepg_noratio, par, par_noratio, grpo, nft, awm (a name
+            of OBJECTIVES, or its record, e.g. resolved once by a training loop).
+        weighting: simple, t, path_kl or adaptive, or its record (nft uses it for its x0-space losses L+-).
         kl: girsanov, kl1, kl2, kl3, kl1_iw, kl2_iw, kl3_iw, or None for no KL term.
         beta: KL weight (>= 0).
         clip_range: c of the grpo clip, and the threshold of clipfrac (> 0).
@@ -83,15 +82,16 @@ def policy_loss(
         t outside (0, 1], NaN/Inf in any input or advantage, an empty batch, or an unknown
         objective / weighting / kl / backend.
     """
-    check_choice("objective", objective, tuple(OBJECTIVES))
-    check_choice("weighting", weighting, WEIGHTINGS)
+    record = objective_record(objective)
+    weighting = weighting_record(weighting)
     check_choice("kl", kl, KL_ESTIMATORS + (None,))
     beta = check_positive("beta", beta, allow_zero=True)
     clip_range = check_positive("clip_range", clip_range)
     adv_clip_max = check_positive("adv_clip_max", adv_clip_max)
     nft_beta = check_positive("nft_beta", nft_beta)
-    if v_old is None and objective not in OFF_POLICY_FREE:
-        raise ValueError(f"v_old is required for objective {objective!r} (only {OFF_POLICY_FREE} work without it)")
+    if v_old is None and record.needs_old_policy:
+        free = tuple(name for name, other in OBJECTIVES.items() if not other.needs_old_policy)
+        raise ValueError(f"v_old is required for objective {record.name!r} (only {free} work without it)")
     use_kl = kl is not None and beta > 0
     if use_kl and v_ref is None:
         raise ValueError(f"v_ref is required for kl={kl!r} with beta={beta} > 0 (pass kl=None or beta=0 to disable)")
@@ -99,14 +99,14 @@ def policy_loss(
     _, t = validate_draws(v, x0, noise, t, v_old=v_old, v_ref=v_ref)
     advantages = check_per_draw("advantages", advantages, v.shape[0], v.device)
     check_finite("advantages", advantages)
-    if objective == "nft":
+    if record.advantage_kind == "probability":
         require_all((advantages >= 0) & (advantages <= 1),
-                    "advantages for objective 'nft' are optimality probabilities in [0, 1] "
+                    f"advantages for objective {record.name!r} are optimality probabilities in [0, 1] "
                     "(group_advantages(mode='nft') makes them)", lambda: values_range(advantages))
 
     backend = resolve_backend(backend, v.device)
-    is_nft = objective == "nft"
-    sums = residual_sums(v, x0, noise, v_old, v_ref, nft_beta=nft_beta if is_nft else 0.0, backend=backend)
+    blend = record.blend
+    sums = residual_sums(v, x0, noise, v_old, v_ref, nft_beta=nft_beta if blend else 0.0, backend=backend)
     check_finite_through(sums, "the residual sums", v=v, v_old=v_old, v_ref=v_ref, x0=x0, noise=noise)
     d = row_count(v.shape)
     e_theta = elbo_from_sums(sums, t, d, weighting, "S")
@@ -118,10 +118,10 @@ def policy_loss(
         clip_range=clip_range,
         adv_clip_max=adv_clip_max,
         nft_beta=nft_beta,
-        nft_positive=-elbo_from_sums(sums, t, d, weighting, "P") if is_nft else None,
-        nft_negative=-elbo_from_sums(sums, t, d, weighting, "M") if is_nft else None,
+        nft_positive=-elbo_from_sums(sums, t, d, weighting, "P") if blend else None,
+        nft_negative=-elbo_from_sums(sums, t, d, weighting, "M") if blend else None,
     )
-    per_draw = OBJECTIVES[objective](draws)
+    per_draw = record(draws)
     policy = per_draw.mean()
     if use_kl:
         k = kl_term(
@@ -170,9 +170,10 @@ def log_prob_policy_loss(
 
     log_prob plays e_theta (it carries the gradient), old_log_prob plays e_old.
     Returns (mean per-draw objective, stats as in :func:`policy_loss`, with kl = 0).
-    Raises ValueError for an unknown objective or for "nft" (which needs velocities).
+    Raises ValueError for an unknown objective or one whose record says blend=True ("nft": it
+    needs the blended velocities).
     """
-    check_choice("objective", objective, tuple(name for name in OBJECTIVES if name != "nft"))
+    check_choice("objective", objective, tuple(name for name, record in OBJECTIVES.items() if not record.blend))
     draws = Draws(
         e_theta=log_prob,
         e_old=old_log_prob.detach(),

@@ -18,14 +18,23 @@ loss [N]; the batch loss is its mean. Notation (docs/design.md section 2):
     nft            M (p L+ + (1 - p) L-) / g   (DiffusionNFT; p = A is the optimality probability,
                    L+- = -e of the blended velocities v+- = g v + (1 - g) v_old, (1 + g) v_old - g v)
     awm            A' w(t) mean(r^2) = -A' e_theta   (advantage-weighted matching, A' = clip(A, -M, M))
+
+Each objective is an :class:`Objective` record: its per-draw function and what it needs
+(the old policy, the blended velocities, which advantages, which likelihood estimators).
+The loss, ``TrainConfig.validate()`` and the trainer ask the record; adding a row to
+``OBJECTIVES`` is all it takes to add an objective.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
+
+from .._validation import check_choice
+from ..advantages.modes import ADVANTAGE_KINDS
+from ..estimators import ESTIMATORS
 
 
 @dataclass
@@ -88,14 +97,63 @@ def awm(d: Draws) -> torch.Tensor:
     return -d.advantages.clamp(-d.adv_clip_max, d.adv_clip_max) * d.e_theta
 
 
-OBJECTIVES: Dict[str, Callable[[Draws], torch.Tensor]] = {
-    "epg": epg,
-    "epg_noratio": epg_noratio,
-    "pepg": pepg,
-    "pepg_noratio": pepg_noratio,
-    "par": par,
-    "par_noratio": par_noratio,
-    "grpo": grpo,
-    "nft": nft,
-    "awm": awm,
+@dataclass(frozen=True)
+class Objective:
+    """One objective of the table and what it needs.
+
+    name: the config / API name.
+    per_draw: Draws -> per-draw loss [N]; calling the record calls it.
+    needs_old_policy: reads e_old (v_old may be None only when False).
+    advantage_kind: one of ADVANTAGE_KINDS (advantages/modes.py): "real" takes any advantages,
+        "probability" only a mode whose values are in [0, 1] (DiffusionNFT's p).
+    blend: needs the ELBOs of the blended velocities v+- (nft_positive / nft_negative), so it
+        needs velocities and cannot run on a log-probability estimate alone.
+    estimators: the likelihood estimators (ESTIMATORS) it is defined on.
+    """
+
+    name: str
+    per_draw: Callable[[Draws], torch.Tensor]
+    needs_old_policy: bool = True
+    advantage_kind: str = "real"
+    blend: bool = False
+    estimators: Tuple[str, ...] = ESTIMATORS
+
+    def __post_init__(self):
+        check_choice("advantage_kind", self.advantage_kind, ADVANTAGE_KINDS)
+        for estimator in self.estimators:
+            check_choice("estimators", estimator, ESTIMATORS)
+
+    def __call__(self, draws: Draws) -> torch.Tensor:
+        return self.per_draw(draws)
+
+    def takes(self, advantage_kind: str) -> bool:
+        """Whether advantages of ``advantage_kind`` (an advantage mode's kind) suit this objective."""
+        return self.advantage_kind in ("real", advantage_kind)
+
+
+OBJECTIVES: Dict[str, Objective] = {
+    record.name: record
+    for record in (
+        Objective("epg", epg),
+        Objective("epg_noratio", epg_noratio, needs_old_policy=False),
+        Objective("pepg", pepg),
+        Objective("pepg_noratio", pepg_noratio),
+        Objective("par", par),
+        Objective("par_noratio", par_noratio),
+        Objective("grpo", grpo),
+        Objective("nft", nft, advantage_kind="probability", blend=True, estimators=("elbo",)),
+        Objective("awm", awm, needs_old_policy=False, estimators=("elbo",)),
+    )
 }
+"""Name -> :class:`Objective`; ``OBJECTIVES[name](draws)`` is the per-draw loss."""
+
+
+def objective_record(objective: Union[str, Objective]) -> Objective:
+    """The record of ``objective`` (a name, or a record resolved earlier, returned as it is).
+
+    Raises ValueError naming 'objective' and the choices for an unknown name.
+    """
+    if isinstance(objective, Objective):
+        return objective
+    check_choice("objective", objective, tuple(OBJECTIVES))
+    return OBJECTIVES[objective]

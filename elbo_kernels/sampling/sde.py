@@ -22,10 +22,9 @@ from typing import Callable, Optional
 
 import torch
 
-from .._validation import check_positive
+from .._validation import check_choice, check_positive
+from ..estimators.trajectory import SDE_TYPES, sde_step_coefficients, sde_step_log_prob
 from .schedules import check_sigmas
-
-SDE_TYPES = ("sde", "cps")
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -73,10 +72,7 @@ def sde_sample(
     Raises:
         ValueError: bad grid, sde_type or noise_level, or a velocity of the wrong shape.
     """
-    from ..estimators.trajectory import sde_step_coefficients, sde_step_log_prob
-
-    if sde_type not in SDE_TYPES:
-        raise ValueError(f"sde_type must be one of {SDE_TYPES}, got {sde_type!r}")
+    check_choice("sde_type", sde_type, SDE_TYPES)
     check_positive("noise_level", noise_level, allow_zero=True)
     if not isinstance(x1, torch.Tensor) or not x1.is_floating_point():
         raise TypeError(f"x1 must be a floating torch.Tensor, got {type(x1).__name__}")

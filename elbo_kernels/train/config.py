@@ -21,19 +21,18 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from ..advantages import ADVANTAGE_MODES
+from ..advantages import ADVANTAGE_KINDS, ADVANTAGE_MODE_RECORDS, ADVANTAGE_MODES
 from ..backends import BACKENDS
-from ..estimators import NOISE_MODES, SDE_TYPES, TIMESTEP_SAMPLERS, WEIGHTINGS
+from ..estimators import ESTIMATORS, NOISE_MODES, SDE_TYPES, TIMESTEP_SAMPLERS, WEIGHTINGS
 from ..objectives import KL_ESTIMATORS, OBJECTIVES
+from ..sampling import ODE_METHODS
 from .errors import ConfigError
 from .trackers import REPORT_TO
 
-ESTIMATORS = ("elbo", "trajectory")
 # Keys whose value may be None ("none" on the command line).
 OPTIONAL = ("kl", "stop_at", "prompts", "weights_dtype", "resolution", "shift", "frames", "guidance",
             "lora_target_modules")
 SAMPLERS = ("ode", "sde")
-ODE_METHODS = ("euler", "dpm2")
 ON_NON_FINITE = ("skip", "raise")
 
 
@@ -126,7 +125,11 @@ class TrainConfig:
         return self.prompts_per_epoch * self.group_size
 
     def validate(self) -> "TrainConfig":
-        """Check every value; raise ValueError naming the key, the value and what is allowed."""
+        """Check every value; raise ValueError naming the key, the value and what is allowed.
+
+        What an objective needs (advantages, estimators) comes from its record in OBJECTIVES
+        (objectives/table.py), what an advantage mode gives from ADVANTAGE_MODE_RECORDS
+        (advantages/modes.py)."""
         choices = {
             "sampler": SAMPLERS,
             "ode_method": ODE_METHODS,
@@ -168,17 +171,21 @@ class TrainConfig:
             _require(isinstance(getattr(self, key), str) and getattr(self, key) != "", key, getattr(self, key),
                      "a non-empty string")
         _require(self.guidance_scale >= 1, "guidance_scale", self.guidance_scale, ">= 1 (1 = no CFG)")
-        if self.advantage_mode in ("standard", "nft") and self.group_size == 1:
+        objective, mode = OBJECTIVES[self.objective], ADVANTAGE_MODE_RECORDS[self.advantage_mode]
+        if mode.uses_std and self.group_size == 1:
             _require(False, "group_size", 1, ">= 2 with std-normalised advantages (advantage_mode "
                      f"{self.advantage_mode!r}): a group of one has no spread")
-        if self.objective == "nft":
-            _require(self.advantage_mode == "nft", "advantage_mode", self.advantage_mode,
-                     "'nft' with objective 'nft' (it takes optimality probabilities in [0, 1])")
+        suitable = [name for name in ADVANTAGE_MODES if objective.takes(ADVANTAGE_MODE_RECORDS[name].kind)]
+        _require(objective.takes(mode.kind), "advantage_mode", self.advantage_mode,
+                 f"one of {', '.join(map(repr, suitable))} with objective {self.objective!r} (it takes "
+                 f"{ADVANTAGE_KINDS[objective.advantage_kind]})")
         if self.estimator == "trajectory":
             _require(self.sampler == "sde", "sampler", self.sampler, "'sde' with estimator 'trajectory' "
                      "(the trajectory estimator needs the SDE's per-step log-probabilities)")
-            _require(self.objective in ("grpo", "epg", "epg_noratio", "pepg", "pepg_noratio", "par", "par_noratio"),
-                     "objective", self.objective, "a ratio or ELBO objective (not nft / awm) with estimator 'trajectory'")
+        usable = [name for name, other in OBJECTIVES.items() if self.estimator in other.estimators]
+        _require(self.estimator in objective.estimators, "objective", self.objective,
+                 f"one of {', '.join(map(repr, usable))} with estimator {self.estimator!r}")
+        if self.estimator == "trajectory":
             _require(self.kl in (None, "girsanov"), "kl", self.kl, "'girsanov' or None with estimator 'trajectory'")
             _require(self.draws_per_sample <= self.num_steps, "draws_per_sample", self.draws_per_sample,
                      f"<= num_steps ({self.num_steps}): the steps trained are a subset of the grid")

@@ -68,23 +68,23 @@ def elbo_step(trainer, rollout: Rollout, advantages: torch.Tensor,
     cfg = trainer.config
     model = trainer.model
     x0 = rollout.final
-    b, k = x0.shape[0], cfg.draws_per_sample
+    batch_size, draws_per_sample = x0.shape[0], cfg.draws_per_sample
     shape = tuple(x0.shape[1:])
     grid = rollout.sigmas.cpu()
     t_all = torch.cat([
-        sample_timesteps(1, k, sampler=cfg.timestep_sampler, grid=grid, generator=g,
+        sample_timesteps(1, draws_per_sample, sampler=cfg.timestep_sampler, grid=grid, generator=g,
                          paired=cfg.noise_mode == "antithetic").reshape(-1)
         for g in generators
     ]).to(trainer.device, x0.dtype)
     eps_all = torch.cat([
-        sample_noise((k,) + shape, k, mode=cfg.noise_mode, generator=g, dtype=x0.dtype) for g in generators
+        sample_noise((draws_per_sample,) + shape, draws_per_sample, mode=cfg.noise_mode, generator=g, dtype=x0.dtype) for g in generators
     ]).to(trainer.device)
-    adv_all = advantages.to(trainer.device, torch.float32).repeat_interleave(k)
+    adv_all = advantages.to(trainer.device, torch.float32).repeat_interleave(draws_per_sample)
     use_ref = cfg.kl is not None and cfg.beta > 0
     average = StatsAverage()
-    for samples in micro_batches(b, k, cfg.micro_batch):
-        rows = slice(samples.start * k, samples.stop * k)
-        prompts = [p for p in rollout.prompts[samples] for _ in range(k)]
+    for samples in micro_batches(batch_size, draws_per_sample, cfg.micro_batch):
+        rows = slice(samples.start * draws_per_sample, samples.stop * draws_per_sample)
+        prompts = [p for p in rollout.prompts[samples] for _ in range(draws_per_sample)]
         cond = model.encode_prompts(prompts)
         t, eps = t_all[rows], eps_all[rows]
         x_t = noising(x0[samples], t, eps, backend=cfg.backend)
@@ -98,10 +98,10 @@ def elbo_step(trainer, rollout: Rollout, advantages: torch.Tensor,
         v = trainer.velocity(x_t, t, cond)
         loss, stats = policy_loss(
             v.float(), v_old.float(), None if v_ref is None else v_ref.float(), x0[samples].float(), eps.float(), t,
-            adv_all[rows], objective=cfg.objective, weighting=cfg.weighting, kl=cfg.kl, beta=cfg.beta,
+            adv_all[rows], objective=trainer.objective, weighting=trainer.weighting, kl=cfg.kl, beta=cfg.beta,
             clip_range=cfg.clip_range, adv_clip_max=cfg.adv_clip_max, nft_beta=cfg.nft_beta, backend=cfg.backend,
         )
-        fraction = (samples.stop - samples.start) / b
+        fraction = (samples.stop - samples.start) / batch_size
         trainer.backward(loss * fraction)
         stats["loss"] = loss.detach()
         average.add(stats, fraction)

@@ -19,13 +19,13 @@ is never dropped or scored twice. Every process takes the same decision at the s
 
 Policies live on one transformer: LoRA adapters "default" (trained), "old" and
 "ema", with the reference = adapters disabled; with lora_rank = 0 the whole
-transformer is trained and frozen copies play old / ema / reference.
+transformer is trained and frozen copies play old / ema / reference (policies.py).
+Non-finite values are recorded, agreed and acted on in nonfinite.py; the loss of
+each likelihood estimator is in policy_step.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import hashlib
 import time
 import warnings
@@ -39,27 +39,24 @@ from accelerate import Accelerator
 
 from ..advantages import PerPromptStatTracker
 from ..backends import resolve_backend
-from ..models.lora import active_adapter, add_lora, blend_adapters
+from ..estimators import weighting_record
+from ..objectives import objective_record
 from ..sampling import cfg_velocity, ode_sample, sde_sample, timestep_grid
 from . import faults
 from .config import TrainConfig, require_known_reward
-from .errors import ConfigError, NonFiniteError, RewardError, RunWarning
+from .errors import ConfigError, NonFiniteError, RewardError, RunWarning  # noqa: F401 - re-exported
+from .nonfinite import SKIP_REASONS, NonFiniteGuard  # noqa: F401 - SKIP_REASONS re-exported
 from .outputs import RunOutputs, claim_output_dir
 from .policy_step import POLICY_STEPS, Rollout
 from .ranks import FailureChannel
-from .sharding import check_fsdp_launch, shard
+from .policies import PolicySet
+from .sharding import check_fsdp_launch
 from .state import load_state, save_state
 from .trackers import build_trackers, tracker_names
 from .task import Task, load_task
 
-TRACKER_TYPE = {"standard": "grpo", "exact": "exact", "nft": "nft"}
 
-
-# Why an epoch's update was skipped, in the order an epoch meets them.
-SKIP_REASONS = ("rollout", "model_output", "reward", "loss", "gradients")
-
-
-class Trainer:
+class Trainer(PolicySet, NonFiniteGuard):
     def __init__(self, config: TrainConfig, task: Optional[Task] = None):
         self.config = config.validate()
         if task is None:
@@ -101,6 +98,8 @@ class Trainer:
         self.output = RunOutputs(Path(config.output_dir), config, enabled=self.accelerator.is_main_process,
                                  accelerator=self.accelerator)
         self.tracker = PerPromptStatTracker(scale=config.advantage_scale, adv_clip_max=config.adv_clip_max)
+        # The config named them and validate() checked them: resolved once, not per micro-batch.
+        self.objective, self.weighting = objective_record(config.objective), weighting_record(config.weighting)
         self.epoch = 0
         self.step = 0
         self.history: list = []
@@ -112,73 +111,6 @@ class Trainer:
         self._phase: Optional[str] = None  # "rollout" | "update" while those run
         self._policy_name = "current"
         self._setup_policies()
-
-    # --- policies ---------------------------------------------------------------------------------
-    def _setup_policies(self) -> None:
-        cfg = self.config
-        transformer = self.model.transformer
-        transformer.requires_grad_(False)
-        self.copies: Dict[str, torch.nn.Module] = {}
-        names = ("default", "old") + (("ema",) if cfg.ema_decay > 0 else ())
-        if cfg.lora_rank > 0:
-            add_lora(transformer, self.model.lora_target_modules, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                     adapter_names=names, init_seed=cfg.seed)
-        else:
-            # Copied before sharding: each copy is sharded on its own and never reaches the optimizer.
-            self.copies = {"reference": copy.deepcopy(transformer).requires_grad_(False)}
-            for name in names[1:]:
-                self.copies[name] = copy.deepcopy(transformer).requires_grad_(False)
-        if self.sharded:
-            for module in (transformer, *self.copies.values()):
-                shard(module, self.device.type)
-        # Parameters are listed after sharding: fully_shard replaces them with sharded ones.
-        if cfg.lora_rank > 0:
-            params = [p for n, p in transformer.named_parameters() if ".default." in n and "lora_" in n]
-            for p in params:
-                p.requires_grad_(True)
-        else:
-            transformer.requires_grad_(True)
-            params = list(transformer.parameters())
-        self.parameters = params
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if self.sharded:  # accelerate's prepare would add DDP on CPU processes (sharding.py)
-            self.transformer = transformer
-            return
-        wrapped, self.optimizer = self.accelerator.prepare(transformer, self.optimizer)
-        self.model.transformer = wrapped
-        self.transformer = self.accelerator.unwrap_model(wrapped)
-
-    @contextlib.contextmanager
-    def policy(self, which: str):
-        """Run the block as policy ``which``: "current", "old", "ema" or "reference"."""
-        outer, self._policy_name = self._policy_name, which
-        try:
-            if which == "current":
-                yield
-            elif self.config.lora_rank > 0:
-                adapter = {"old": "old", "ema": "ema", "reference": None}[which]
-                with active_adapter(self.transformer, adapter):
-                    yield
-            else:
-                trained = self.model.transformer
-                self.model.transformer = self.copies[which]
-                try:
-                    yield
-                finally:
-                    self.model.transformer = trained
-        finally:
-            self._policy_name = outer
-
-    def evaluation_policy(self) -> str:
-        return "ema" if self.config.ema_decay > 0 else "current"
-
-    @torch.no_grad()
-    def _blend(self, target: str, decay: float) -> None:
-        if self.config.lora_rank > 0:
-            blend_adapters(self.transformer, target=target, source="default", decay=decay)
-            return
-        for p_target, p_source in zip(self.copies[target].parameters(), self.transformer.parameters()):
-            p_target.mul_(decay).add_(p_source.detach(), alpha=1 - decay)
 
     # --- model calls ------------------------------------------------------------------------------
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
@@ -225,22 +157,6 @@ class Trainer:
             return
         self.accelerator.backward(loss)
         faults.point("backward", self._epoch_number, self.accelerator.process_index)
-
-    # --- non-finite values: record, agree across processes, decide -----------------------------------
-    def _flag(self, reason: str, detail: str) -> None:
-        """Record the first non-finite value this epoch met (the update will be skipped)."""
-        if self.skip_reason is None:
-            self.skip_reason, self.skip_detail = reason, detail
-
-    def _agreed_reason(self) -> Optional[str]:
-        """This epoch's skip reason, the same on every process (the earliest reason any process met)."""
-        if self.accelerator.num_processes > 1:
-            flags = torch.tensor([float(r == self.skip_reason) for r in SKIP_REASONS], device=self.device)
-            flags = self.accelerator.reduce(flags, reduction="max")
-            agreed = next((r for r, f in zip(SKIP_REASONS, flags.tolist()) if f), None)
-            if agreed is not None and agreed != self.skip_reason:
-                self.skip_reason, self.skip_detail = agreed, f"{agreed}: a non-finite value on another process"
-        return self.skip_reason
 
     # --- the algorithm's pieces ---------------------------------------------------------------------
     def generator(self, epoch: int, purpose: str, index: int = 0) -> torch.Generator:
@@ -330,7 +246,7 @@ class Trainer:
     def advantages(self, prompts: list, rewards: torch.Tensor) -> torch.Tensor:
         """Advantages of the global batch from its per-prompt group statistics."""
         self.tracker.clear()
-        advantages = self.tracker.update(prompts, rewards.numpy(), type=TRACKER_TYPE[self.config.advantage_mode])
+        advantages = self.tracker.update(prompts, rewards.numpy(), type=self.config.advantage_mode)
         return torch.as_tensor(advantages, dtype=torch.float32)
 
     def optimizer_step(self) -> bool:
@@ -377,9 +293,10 @@ class Trainer:
         finally:
             self._phase = None
 
-    def _policy_step(self, rollout: Rollout, advantages: torch.Tensor, draws) -> Dict[str, float]:
+    def _policy_step(self, rollout: Rollout, advantages: torch.Tensor, generators) -> Dict[str, float]:
+        """The estimator's loss and backward; ``generators``: one per local sample, for its draws."""
         try:
-            stats = POLICY_STEPS[self.config.estimator](self, rollout, advantages, draws)
+            stats = POLICY_STEPS[self.config.estimator](self, rollout, advantages, generators)
         except ValueError as error:
             # The public ops name a non-finite argument with a ValueError; that is a skip, not a crash.
             # (With several processes the velocity and loss hooks catch non-finite values first.)
@@ -388,31 +305,6 @@ class Trainer:
             self._flag("loss", f"{error}")
             return {}
         return self.reduce_stats(stats)
-
-    def _check_rollout(self, rollout: Rollout) -> None:
-        values = {"final latents": rollout.final}
-        if rollout.trajectory is not None:
-            values["log-probabilities"] = rollout.trajectory.log_probs
-        for name, value in values.items():
-            if not bool(torch.isfinite(value).all()):
-                self._flag("rollout", f"the rollout's {name} hold {int((~torch.isfinite(value)).sum())} "
-                                      f"non-finite value(s)")
-                return
-
-    def _stop_if_too_many_skips(self, progress) -> None:
-        cfg = self.config
-        checkpoint = self.output.checkpoint or "none (the run starts from scratch)"
-        if cfg.on_non_finite == "raise":
-            progress.close()
-            raise NonFiniteError(f"epoch {self.epoch}: {self.skip_detail} (on_non_finite='raise'); no update was "
-                                 f"made from this epoch. Last complete checkpoint: {checkpoint}")
-        if self.consecutive_skips >= cfg.max_consecutive_skips:
-            progress.close()
-            reasons = [r.get("skip_reason") for r in self.history[-self.consecutive_skips:]]
-            raise NonFiniteError(
-                f"{self.consecutive_skips} consecutive epochs skipped (max_consecutive_skips="
-                f"{cfg.max_consecutive_skips}), reasons {reasons}; the last: {self.skip_detail}. Lower lr, check "
-                f"the reward function and the model, then resume from the last complete checkpoint: {checkpoint}")
 
     # --- evaluation ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -476,8 +368,8 @@ class Trainer:
             if self._agreed_reason() is None:  # a skipped epoch's rollout is never trained on
                 advantages = self.advantages(prompts, rewards)[samples.start:samples.stop]
                 with timer("loss_backward"):
-                    draws = [self.generator(epoch, "draws", i) for i in samples]
-                    stats = self._run("update", self._policy_step, rollout, advantages, draws)
+                    generators = [self.generator(epoch, "draws", i) for i in samples]
+                    stats = self._run("update", self._policy_step, rollout, advantages, generators)
             with timer("optimizer"):
                 stepped = self.optimizer_step()
             self.epoch = epoch + 1
