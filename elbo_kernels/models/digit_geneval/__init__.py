@@ -12,10 +12,10 @@ Weights ship in ``elbo_kernels/models/weights``; rebuild with
 ``python -m elbo_kernels.models.digit_geneval.pretrain``. See docs/digit_geneval.md.
 """
 
-from .canvas import CANVAS_SHAPE, DigitSource, relation_holds, render, slots, to_latents
+from .canvas import CANVAS_SHAPE, DigitSource, relation_holds, render, slots
 from .evaluation import evaluate, evaluation_prompts, real_diversity, score_images, training_prompts
 from .judges import SlotEvalJudge, SlotRewardJudge, judges_metadata, requirement_score, reward_fn
-from .model import CompositionEncoder, DigitGenEvalModel
+from .model import CompositionEncoder, DigitGenEvalModel, decode_latents, encode_canvases
 from .pipeline import DigitGenEvalPipeline, load_pipeline
 from .prompts import CATEGORIES, COLOURS, RELATIONS, Composition, parse_prompt, prompt, random_composition, tokenize
 
@@ -31,6 +31,8 @@ __all__ = [
     "RELATIONS",
     "SlotEvalJudge",
     "SlotRewardJudge",
+    "decode_latents",
+    "encode_canvases",
     "evaluate",
     "evaluation_prompts",
     "judges_metadata",
@@ -45,7 +47,6 @@ __all__ = [
     "reward_fn",
     "score_images",
     "slots",
-    "to_latents",
     "tokenize",
     "training_prompts",
 ]

@@ -2,12 +2,11 @@
 
 A canvas is float32 [3, 16, 16] in [0, 1] (RGB, black background); slot s = 2 * row + column
 covers pixels [8 row : 8 row + 8, 8 column : 8 column + 8]. A digit in colour (r, g, b) is its
-grey image times the colour. Latents are ``2 * canvas - 1`` ([3, 16, 16] in [-1, 1]).
+grey image times the colour. The flow model samples a small linear latent of the canvas
+(:mod:`~elbo_kernels.models.digit_geneval.model`); the judges look at canvases.
 
-Why this size: 16 x 16 is the smallest canvas with a left/right and an above/below relation and
-room for four digits (counting to four), and with patch size 4 the transformer sees 16 image
-tokens, as many as DigitEval's 8 x 8 model with patch size 2, so a training epoch costs about
-the same on 2 CPU cores.
+Why this size: 16 x 16 is the smallest canvas of whole 8x8 digits with a left/right and an
+above/below relation and room for four digits (counting to four).
 
 :func:`render` draws a composition: where the prompt fixes no colour the digit gets a random
 one; the slots are random except that a relation puts both digits in one row (left/right) or
@@ -100,11 +99,6 @@ def _all_digits() -> DigitSource:
     if not _SOURCE:
         _SOURCE.append(DigitSource())
     return _SOURCE[0]
-
-
-def to_latents(canvases) -> torch.Tensor:
-    """Canvases [N, 3, 16, 16] in [0, 1] -> latents [N, 3, 16, 16] in [-1, 1]."""
-    return torch.as_tensor(np.asarray(canvases) if not isinstance(canvases, torch.Tensor) else canvases) * 2 - 1
 
 
 def slots(canvases: torch.Tensor) -> torch.Tensor:
