@@ -222,6 +222,7 @@ def test_shipped_base_model_follows_prompts_poorly_without_cfg_and_better_with_i
     plain, guided = measured["euler_cfg1"]["digit_geneval"], measured["euler_cfg4.5"]["digit_geneval"]
     assert plain <= 0.35 and guided <= 0.7
     assert guided >= plain + 0.3
+    assert measured["euler_cfg1"]["diversity"] >= 0.7  # two seeds per prompt are too few to measure it in a test
     assert set(measured["euler_cfg1"]["per_category"]) == set(digit_geneval.CATEGORIES)
 
 
@@ -234,7 +235,6 @@ def test_base_model_without_and_with_cfg_on_a_small_fixed_sample(model):
     assert 0.0 <= plain["digit_geneval"] <= 0.3
     assert 0.3 <= guided["digit_geneval"] <= 0.72
     assert guided["digit_geneval"] >= plain["digit_geneval"] + 0.15
-    assert plain["diversity"] > 0.5
 
 
 def test_pipeline_is_deterministic_per_seed(model):
