@@ -45,10 +45,11 @@ def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, pr
     """Build the task named by the config's ``model`` and ``reward`` keys.
 
     model: "digits" (embedded: ``task`` "digiteval", or "digit_geneval" for the GenEval-like
-    compositions of docs/digit_geneval.md, whose reward judge replaces the default reward "digit"), or a hub id or local diffusers folder whose model_index.json names a
-    supported pipeline (SD3 / SD3.5, FLUX.1, Wan 2.x text-to-video, Qwen-Image; see
-    :mod:`elbo_kernels.models.pipelines`). For those the keyword arguments (or, when
-    they are None, the environment variables in brackets) choose:
+    compositions of docs/digit_geneval.md, whose reward judge replaces the default reward "digit"),
+    or a hub id or local diffusers folder whose model_index.json names a supported pipeline
+    (SD3 / SD3.5, FLUX.1, Wan 2.x text-to-video, Qwen-Image; see :mod:`elbo_kernels.models.pipelines`).
+    For those the keyword arguments (or, when they are None, the environment variables in brackets)
+    choose:
 
         prompts                 prompt file, .txt or FlowGRPO's .jsonl with metadata  [ELBO_KERNELS_PROMPTS]
                                 (default: a small built-in list of generic prompts)
