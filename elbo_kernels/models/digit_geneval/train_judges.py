@@ -8,7 +8,7 @@ the disjoint "eval_train" (:func:`elbo_kernels.models.digits.judge_splits`); bot
 "held_out". A training slot is empty with probability 1/4 (background noise only), otherwise a
 digit in a random colour with its RGB jittered by up to +-0.25, shifted by up to one pixel,
 scaled in contrast by [0.6, 1.2] and with N(0, 0.05) noise, so that the judges are not brittle
-on generated canvases. Deterministic given the seed; about a minute on 2 CPU cores.
+on generated canvases. Deterministic given the seed; 81 s + 242 s on one thread of the shared, loaded 2-core machine.
 """
 
 from __future__ import annotations
