@@ -6,6 +6,7 @@ Registered names (``get_reward(name)``; ``"a:0.5,b:0.5"`` is the weighted sum, s
 or your own reward as ``"package.module:attribute"`` (:func:`load_reward`):
 
     digit                   the embedded DigitEval reward judge (no download)
+    digit_geneval           the embedded DigitGenEval reward judge (no download; docs/digit_geneval.md)
     jpeg_compressibility    -(JPEG kB) / 500, FlowGRPO's definition (no download)
     jpeg_incompressibility  JPEG kB (no download)
     brightness              mean pixel value (no download; a toy for tests)
@@ -31,6 +32,12 @@ from .remote import AsyncReward, RemoteReward, RemoteRewardError
 
 def _digit():
     from ..models.digits import reward_fn
+
+    return reward_fn
+
+
+def _digit_geneval():
+    from ..models.digit_geneval import reward_fn
 
     return reward_fn
 
@@ -79,6 +86,7 @@ def _env_number(var: str, kind):
 
 REWARDS: Dict[str, Callable[[], RewardFn]] = {
     "digit": _digit,
+    "digit_geneval": _digit_geneval,
     "jpeg_compressibility": _simple("jpeg_compressibility"),
     "jpeg_incompressibility": _simple("jpeg_incompressibility"),
     "brightness": _simple("brightness"),

@@ -34,12 +34,15 @@ OPTIONAL = ("kl", "stop_at", "prompts", "weights_dtype", "resolution", "shift", 
             "lora_target_modules")
 SAMPLERS = ("ode", "sde")
 ON_NON_FINITE = ("skip", "raise")
+TASKS = ("digiteval", "digit_geneval")
 
 
 @dataclass
 class TrainConfig:
     # What to train, on what, where.
     model: str = field(default="digits", metadata={"help": "'digits' (embedded), or a hub id / local diffusers folder of an SD3, FLUX.1, Wan or Qwen-Image pipeline"})
+    task: str = field(default="digiteval", metadata={"help": "embedded task when model is 'digits': digiteval | "
+                      "digit_geneval (GenEval-like compositions; docs/digit_geneval.md)"})
     reward: str = field(default="digit", metadata={"help": "reward name (see elbo_kernels.rewards), weighted "
                         "list 'a:0.5,b:0.5', or your own 'package.module:attribute' (FlowGRPO's reward signature)"})
     output_dir: str = field(default="outputs/digits", metadata={"help": "where metrics, plots and checkpoints go"})
@@ -145,6 +148,7 @@ class TrainConfig:
             "mixed_precision": ("no", "fp16", "bf16"),
             "on_non_finite": ON_NON_FINITE,
             "report_to": REPORT_TO,
+            "task": TASKS,
         }
         for key, allowed in choices.items():
             _require(getattr(self, key) in allowed, key, getattr(self, key), "one of " + ", ".join(map(repr, allowed)))

@@ -41,13 +41,15 @@ def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, pr
               weights_dtype: Optional[str] = None, resolution: Optional[int] = None,
               gradient_checkpointing: Optional[bool] = None, without_t5: Optional[bool] = None,
               frames: Optional[int] = None, guidance: Optional[float] = None,
-              lora_target_modules: Optional[str] = None) -> Task:
+              lora_target_modules: Optional[str] = None, task: str = "digiteval") -> Task:
     """Build the task named by the config's ``model`` and ``reward`` keys.
 
-    model: "digits" (embedded), or a hub id or local diffusers folder whose model_index.json names a
-    supported pipeline (SD3 / SD3.5, FLUX.1, Wan 2.x text-to-video, Qwen-Image; see
-    :mod:`elbo_kernels.models.pipelines`). For those the keyword arguments (or, when
-    they are None, the environment variables in brackets) choose:
+    model: "digits" (embedded: ``task`` "digiteval", or "digit_geneval" for the GenEval-like
+    compositions of docs/digit_geneval.md, whose reward judge replaces the default reward "digit"),
+    or a hub id or local diffusers folder whose model_index.json names a supported pipeline
+    (SD3 / SD3.5, FLUX.1, Wan 2.x text-to-video, Qwen-Image; see :mod:`elbo_kernels.models.pipelines`).
+    For those the keyword arguments (or, when they are None, the environment variables in brackets)
+    choose:
 
         prompts                 prompt file, .txt or FlowGRPO's .jsonl with metadata  [ELBO_KERNELS_PROMPTS]
                                 (default: a small built-in list of generic prompts)
@@ -71,6 +73,21 @@ def load_task(model: str, reward: str, *, device="cpu", eval_seeds: int = 20, pr
         weights not available locally and the hub not reachable (the message says how to fix it).
         FileNotFoundError: the prompt file does not exist.
     """
+    if task not in ("digiteval", "digit_geneval"):
+        raise ConfigError(f"config key 'task' has value {task!r}; allowed: 'digiteval', 'digit_geneval'")
+    if task == "digit_geneval":
+        if model != "digits":
+            raise ConfigError(f"config key 'task' is 'digit_geneval', an embedded task: it needs model 'digits', "
+                              f"got {model!r}")
+        from ..models import digit_geneval
+
+        return Task(
+            model=digit_geneval.DigitGenEvalModel.load(device=device),
+            prompts=digit_geneval.training_prompts(),
+            reward_fn=_reward("digit_geneval" if reward == "digit" else reward),
+            evaluate=lambda sampler: digit_geneval.evaluate(sampler, num_seeds=max(2, eval_seeds)),
+            metric="digit_geneval",
+        )
     if model == "digits":
         from ..models import digits
 

@@ -90,6 +90,7 @@ class Trainer(PolicySet, NonFiniteGuard):
         torch.manual_seed(config.seed)
         self.task = task or load_task(
             config.model, config.reward, device=self.device, eval_seeds=config.eval_seeds, prompts=config.prompts,
+            task=config.task,
             weights_dtype=config.weights_dtype, resolution=config.resolution,
             gradient_checkpointing=config.gradient_checkpointing, without_t5=config.without_t5,
             frames=config.frames, guidance=config.guidance, lora_target_modules=config.lora_target_modules,
