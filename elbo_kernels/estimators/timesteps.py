@@ -8,6 +8,7 @@ K draws of a sample are consecutive rows):
     uniform       t ~ U(t_min, t_max)
     logit_normal  t = sigmoid(m + s z), z ~ N(0, 1), clamped to [t_min, t_max]
     stratified    t = t_min + (t_max - t_min) (k + U_k) / K, one draw per stratum k
+    sobol         t = t_min + (t_max - t_min) u, u a per-sample scrambled Sobol set (estimators/qmc.py)
 
 Noise options return eps [B*K, *S]:
 
@@ -15,6 +16,7 @@ Noise options return eps [B*K, *S]:
     antithetic    draws in consecutive pairs (eps, -eps) within each sample's K draws
                   (K must be even); with paired timesteps (``sample_timesteps(paired=True)``)
                   the pair shares its t, which is what lets the odd-order terms cancel
+    sobol         Phi^-1 of a per-sample scrambled Sobol set in prod(S) dimensions (estimators/qmc.py)
 
 All take a ``torch.Generator`` (or a seed) so runs are reproducible.
 """
@@ -26,9 +28,10 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .._validation import check_choice, check_tensor
+from .qmc import sobol_noise, sobol_timesteps
 
-TIMESTEP_SAMPLERS = ("grid", "uniform", "logit_normal", "stratified")
-NOISE_MODES = ("iid", "antithetic")
+TIMESTEP_SAMPLERS = ("grid", "uniform", "logit_normal", "stratified", "sobol")
+NOISE_MODES = ("iid", "antithetic", "sobol")
 
 GeneratorLike = Union[torch.Generator, int, None]
 
@@ -62,7 +65,7 @@ def sample_timesteps(
     Args:
         batch_size: B >= 1 samples.
         draws_per_sample: K >= 1 draws each.
-        sampler: "grid", "uniform", "logit_normal" or "stratified".
+        sampler: "grid", "uniform", "logit_normal", "stratified" or "sobol".
         grid: for "grid", the rollout's sigma grid (any order; zeros are dropped); K must not
             exceed the number of positive grid values.
         t_min, t_max: bounds for the continuous samplers, 0 < t_min < t_max <= 1.
@@ -101,6 +104,8 @@ def sample_timesteps(
     gen = _generator(generator, "cpu")
     if sampler == "uniform":
         t = t_min + (t_max - t_min) * torch.rand(b, k, generator=gen)
+    elif sampler == "sobol":
+        t = sobol_timesteps(b, k, t_min=t_min, t_max=t_max, generator=gen)
     elif sampler == "logit_normal":
         t = torch.sigmoid(logit_mean + logit_std * torch.randn(b, k, generator=gen)).clamp(t_min, t_max)
     else:
@@ -118,7 +123,7 @@ def sample_noise(
     device=None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """eps [N, *S] for N = B * K draws (shape = (N, *S)); mode "iid" or "antithetic".
+    """eps [N, *S] for N = B * K draws (shape = (N, *S)); mode "iid", "antithetic" or "sobol".
 
     Raises:
         ValueError for an unknown mode, N not a multiple of K, or odd K with "antithetic".
@@ -133,6 +138,8 @@ def sample_noise(
     gen = _generator(generator, "cpu")
     if mode == "iid":
         return torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    if mode == "sobol":
+        return sobol_noise(shape, k, generator=gen).to(device=device, dtype=dtype)
     if k % 2:
         raise ValueError(f"mode 'antithetic' pairs draws, so draws_per_sample must be even, got {k}")
     half = torch.randn((n // 2,) + shape[1:], generator=gen)
