@@ -8,6 +8,9 @@ importance-sampled draws without their 1/q weights) through the same criterion a
 so the tolerance is tight enough to see a bias of that size.
 """
 
+import functools
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -16,7 +19,7 @@ from elbo_kernels.estimators import grid_importance_timesteps, proposal_from_sec
 from elbo_kernels.estimators.qmc import sobol_noise
 from elbo_kernels.train import TrainConfig
 from elbo_kernels.train.errors import ConfigError
-from elbo_kernels.train.policy_step import share_within_groups
+from elbo_kernels.train.policy_step import draw_timesteps, share_within_groups
 
 D, B, K = 6, 4, 4
 GRID = torch.linspace(1, 0, 11)  # the digits rollout grid (shift 1)
@@ -57,6 +60,7 @@ def _estimates(t, eps, weights, repeats, prompts=None):
     return log_ratio.double(), grad.double()
 
 
+@functools.lru_cache(maxsize=1)
 def _grid_reference(repeats=4000, seed=1):
     """Brute force over the grid: every positive grid t with many eps each (the grid target is their mean)."""
     positive = GRID[GRID > 0]
@@ -212,19 +216,24 @@ def test_bad_config_values_are_refused_naming_the_key(values, key):
         TrainConfig(**values).validate()
 
 
-def test_trainer_runs_an_epoch_with_every_option_together(tmp_path):
+def test_trainer_draws_pair_importance_sampled_timesteps_for_antithetic_noise():
+    cfg = SimpleNamespace(draws_per_sample=4, noise_mode="antithetic", timestep_sampler="grid",
+                          timestep_proposal=",".join(map(str, SKEWED)))
+    t, w = draw_timesteps(cfg, GRID, [torch.Generator().manual_seed(i) for i in range(50)])
+    assert torch.equal(t[0::2], t[1::2]) and torch.equal(w[0::2], w[1::2])
+    q = torch.tensor(SKEWED, dtype=torch.float64) / sum(SKEWED)
+    positive = GRID[GRID > 0]
+    index = (t[:, None] == positive[None]).float().argmax(1)
+    torch.testing.assert_close(w, (1 / (10 * q[index])).float())
+
+
+def test_trainer_runs_an_epoch_with_the_options_together(tmp_path):
     from elbo_kernels.train import Trainer
 
     cfg = TrainConfig(output_dir=str(tmp_path), epochs=1, prompts_per_epoch=2, group_size=2, eval_every=0,
-                      eval_seeds=1, checkpoint_every=0, plots=False, tensorboard=False, progress=False,
-                      noise_mode="antithetic", group_draws=True, timestep_proposal="1,1,1,2,2,2,3,3,3,3").validate()
+                      eval_seeds=2, checkpoint_every=0, plots=False, tensorboard=False, progress=False,
+                      noise_mode="sobol", group_draws=True, timestep_proposal="1,1,1,2,2,2,3,3,3,3").validate()
     trainer = Trainer(cfg)
     trainer.fit()
     record = trainer.history[-1]
     assert not record["skipped"] and record["loss"] == record["loss"]
-    cfg = TrainConfig(output_dir=str(tmp_path / "sobol"), epochs=1, prompts_per_epoch=2, group_size=2, eval_every=0,
-                      eval_seeds=1, checkpoint_every=0, plots=False, tensorboard=False, progress=False,
-                      timestep_sampler="sobol", noise_mode="sobol").validate()
-    trainer = Trainer(cfg)
-    trainer.fit()
-    assert not trainer.history[-1]["skipped"]
