@@ -19,17 +19,32 @@ def _statistic(x: torch.Tensor, kind: str) -> float:
     return float(x.var())  # [R]
 
 
+def _trace_from_gram(gram: torch.Tensor, index: torch.Tensor) -> float:
+    """tr Cov of the rows ``index`` from the Gram matrix X X^T: (n / (n - 1)) (mean |x_i|^2 - |mean x_i|^2)."""
+    n = index.numel()
+    sub = gram[index][:, index]
+    return float((sub.diagonal().mean() - sub.sum() / n ** 2) * n / (n - 1))
+
+
 def bootstrap_ratio(base: torch.Tensor, mine: torch.Tensor, kind: str, resamples: int = BOOTSTRAP,
                     seed: int = 0) -> dict:
     """stat(base) / stat(mine) and its 95% percentile-bootstrap interval (repeats resampled independently)."""
     generator = torch.Generator().manual_seed(seed)
     ratio = _statistic(base, kind) / _statistic(mine, kind)
     r_base, r_mine = base.shape[0], mine.shape[0]
+    if kind == "trace":  # resampling rows of [R, P] through the [R, R] Gram matrices: no P-sized copies
+        g_base, g_mine = base @ base.T, mine @ mine.T
+
+        def stat(which, index):
+            return _trace_from_gram(g_base if which == "base" else g_mine, index)
+    else:
+        def stat(which, index):
+            return _statistic((base if which == "base" else mine)[index], kind)
     draws = []
-    for _ in range(resamples if kind != "trace" else resamples // 4):
+    for _ in range(resamples):
         i = torch.randint(0, r_base, (r_base,), generator=generator)
         j = torch.randint(0, r_mine, (r_mine,), generator=generator)
-        draws.append(_statistic(base[i], kind) / _statistic(mine[j], kind))
+        draws.append(stat("base", i) / stat("mine", j))
     draws = torch.tensor(draws)
     return {"ratio": ratio, "lo": float(draws.quantile(0.025)), "hi": float(draws.quantile(0.975))}
 

@@ -26,6 +26,7 @@ repeats (both methods resampled independently). The methods (TrainConfig options
     importance     grid t drawn from q ~ sqrt(E[l^2 | t]) (measured on separate pilot draws,
                    25% uniform), draws reweighted by 1/(M q)                                 [timestep_proposal=...]
     group          the samples of a prompt group share their draws (common random numbers)  [group_draws=true]
+    grid_stratified  grid t by a randomly shifted lattice: one per block of M/K steps       [timestep_sampler=grid_stratified]
     + combinations; and, for the control-variate question, the best coefficient c on e_old
       (l_c = e_theta - c e_old) measured on the draws themselves (an upper bound on that option).
 
@@ -57,14 +58,14 @@ PROMPTS, GROUP = 5, 4
 METHODS = {
     "default": dict(),
     "antithetic": dict(noise_mode="antithetic"),
-    "stratified": dict(timestep_sampler="stratified"),
-    "sobol": dict(timestep_sampler="sobol", noise_mode="sobol"),
     "importance": dict(importance=True),
     "group": dict(group_draws=True),
-    "group+antithetic": dict(group_draws=True, noise_mode="antithetic"),
-    "group+importance": dict(group_draws=True, importance=True),
+    "stratified": dict(timestep_sampler="stratified"),
+    "sobol": dict(timestep_sampler="sobol", noise_mode="sobol"),
     "group+sobol": dict(group_draws=True, timestep_sampler="sobol", noise_mode="sobol"),
-    "group+importance+antithetic": dict(group_draws=True, importance=True, noise_mode="antithetic"),
+    "grid_stratified": dict(timestep_sampler="grid_stratified"),
+    "grid_stratified+sobol": dict(timestep_sampler="grid_stratified", noise_mode="sobol"),
+    "grid_stratified+antithetic": dict(timestep_sampler="grid_stratified", noise_mode="antithetic"),
 }
 
 

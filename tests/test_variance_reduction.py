@@ -237,3 +237,24 @@ def test_trainer_runs_an_epoch_with_the_options_together(tmp_path):
     trainer.fit()
     record = trainer.history[-1]
     assert not record["skipped"] and record["loss"] == record["loss"]
+
+
+def test_grid_stratified_takes_one_step_per_block_with_the_grid_samplers_inclusion_probability():
+    t = ek.sample_timesteps(20000, K, sampler="grid_stratified", grid=GRID, generator=0)
+    positive = GRID[GRID > 0]
+    index = (t[..., None] == positive).float().argmax(-1)  # [B, K], 0 = t 1.0
+    assert torch.equal(t, positive[index])
+    assert bool((index.diff(dim=1) >= 2).all()), "the K draws are in different blocks of M/K = 2.5 steps"
+    counts = torch.bincount(index.reshape(-1), minlength=10).double() / 20000
+    # Each grid value with probability K/M = 0.4, as the plain grid sampler's random 4 of 10.
+    assert float((counts - 0.4).abs().max()) < 5 * (0.4 * 0.6 / 20000) ** 0.5
+
+
+def test_grid_stratified_draws_are_unbiased_against_the_brute_force_grid_average():
+    ref_l, ref_g = _grid_reference()
+    repeats = 3000
+    t = ek.sample_timesteps(repeats * B, K, sampler="grid_stratified", grid=GRID, generator=9).reshape(-1)
+    eps = ek.sample_noise((repeats * B * K, D), K, mode="sobol", generator=10)
+    for estimate, reference in zip(_estimates(t, eps, None, repeats), (ref_l, ref_g)):
+        ok, se = _close(estimate, reference)
+        assert ok, (float(estimate.mean()), float(reference.mean()), se)

@@ -15,6 +15,13 @@ of 2^m equal strata, so K = 4 draws stratify every latent element (and t) into q
 the part of a per-draw value that is additive over the coordinates is integrated much more
 evenly than by iid draws. Nothing is gained on the parts that couple many coordinates.
 
+On the rollout grid (M positive values t_1 > ... > t_M), the 1-D analogue is a randomly shifted
+lattice (systematic sampling): with one uniform shift s in [0, M/K) per sample, draw j takes the grid
+value of index floor(s + j M / K). Each grid value is then chosen with probability exactly K / M (the
+same inclusion probability as the plain grid sampler's random K of M), so the average over the K draws
+keeps the grid average as its expectation, while the K draws always cover the grid evenly (one in each
+block of M / K neighbouring steps) instead of possibly bunching at one end.
+
 Draw values u are clamped to [2^-40, 1 - 2^-40] before Phi^-1 so that no eps is infinite; the
 probability mass moved by the clamp is 2^-39 per coordinate.
 
@@ -51,6 +58,19 @@ def sobol_timesteps(batch_size: int, draws_per_sample: int, *, t_min: float, t_m
     seeds = _seeds(batch_size, generator)
     u = torch.stack([_points(1, draws_per_sample, s)[:, 0] for s in seeds])
     return (t_min + (t_max - t_min) * u).to(torch.float32)
+
+
+def grid_lattice_timesteps(batch_size: int, draws_per_sample: int, positive: torch.Tensor,
+                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """t [B, K] from the positive grid values by a randomly shifted lattice (systematic sampling).
+
+    Arguments are checked by :func:`sample_timesteps` (sampler "grid_stratified"), which calls this.
+    """
+    m, k = positive.numel(), draws_per_sample
+    positive = positive.sort(descending=True).values  # blocks of neighbouring steps, whatever the grid's order
+    shift = torch.rand(batch_size, 1, generator=generator, dtype=torch.float64) * (m / k)
+    index = (shift + torch.arange(k, dtype=torch.float64) * (m / k)).floor().long().clamp_(max=m - 1)
+    return positive[index]
 
 
 def sobol_noise(shape: Sequence[int], draws_per_sample: int,

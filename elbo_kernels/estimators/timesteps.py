@@ -9,6 +9,8 @@ K draws of a sample are consecutive rows):
     logit_normal  t = sigmoid(m + s z), z ~ N(0, 1), clamped to [t_min, t_max]
     stratified    t = t_min + (t_max - t_min) (k + U_k) / K, one draw per stratum k
     sobol         t = t_min + (t_max - t_min) u, u a per-sample scrambled Sobol set (estimators/qmc.py)
+    grid_stratified  the grid values by a randomly shifted lattice: one in each block of M/K
+                  neighbouring steps, each value chosen with probability K/M as by "grid" (estimators/qmc.py)
 
 Noise options return eps [B*K, *S]:
 
@@ -28,9 +30,9 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .._validation import check_choice, check_tensor
-from .qmc import sobol_noise, sobol_timesteps
+from .qmc import grid_lattice_timesteps, sobol_noise, sobol_timesteps
 
-TIMESTEP_SAMPLERS = ("grid", "uniform", "logit_normal", "stratified", "sobol")
+TIMESTEP_SAMPLERS = ("grid", "uniform", "logit_normal", "stratified", "sobol", "grid_stratified")
 NOISE_MODES = ("iid", "antithetic", "sobol")
 
 GeneratorLike = Union[torch.Generator, int, None]
@@ -65,8 +67,8 @@ def sample_timesteps(
     Args:
         batch_size: B >= 1 samples.
         draws_per_sample: K >= 1 draws each.
-        sampler: "grid", "uniform", "logit_normal", "stratified" or "sobol".
-        grid: for "grid", the rollout's sigma grid (any order; zeros are dropped); K must not
+        sampler: "grid", "uniform", "logit_normal", "stratified", "sobol" or "grid_stratified".
+        grid: for "grid" and "grid_stratified", the rollout's sigma grid (any order; zeros are dropped); K must not
             exceed the number of positive grid values.
         t_min, t_max: bounds for the continuous samplers, 0 < t_min < t_max <= 1.
         paired: draw K/2 timesteps and give each to two consecutive draws (K even), so that
@@ -89,9 +91,9 @@ def sample_timesteps(
         half = sample_timesteps(b, k // 2, sampler=sampler, grid=grid, t_min=t_min, t_max=t_max,
                                 logit_mean=logit_mean, logit_std=logit_std, generator=generator, device=device)
         return half.repeat_interleave(2, dim=1)
-    if sampler == "grid":
+    if sampler in ("grid", "grid_stratified"):
         if grid is None:
-            raise ValueError("sampler 'grid' needs grid=<the rollout's sigma grid>")
+            raise ValueError(f"sampler {sampler!r} needs grid=<the rollout's sigma grid>")
         check_tensor("grid", grid)
         positive = grid[grid > 0].to(torch.float32)
         if k > positive.numel():
@@ -99,6 +101,8 @@ def sample_timesteps(
                 f"draws_per_sample={k} exceeds the {positive.numel()} positive values of the grid"
             )
         gen = _generator(generator, "cpu")
+        if sampler == "grid_stratified":
+            return grid_lattice_timesteps(b, k, positive.cpu(), generator=gen).to(grid.device)
         order = torch.argsort(torch.rand(b, positive.numel(), generator=gen), dim=1)[:, :k]
         return positive.cpu()[order].to(grid.device)
     gen = _generator(generator, "cpu")

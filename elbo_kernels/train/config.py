@@ -73,7 +73,7 @@ class TrainConfig:
     # Likelihood estimator and objective.
     estimator: str = field(default="elbo", metadata={"help": "elbo (final sample) | trajectory (SDE steps)"})
     draws_per_sample: int = field(default=4, metadata={"help": "K: ELBO draws per sample / SDE steps trained"})
-    timestep_sampler: str = field(default="grid", metadata={"help": "grid | uniform | logit_normal | stratified"})
+    timestep_sampler: str = field(default="grid", metadata={"help": "grid | uniform | logit_normal | stratified | sobol | grid_stratified (docs/variance.md)"})
     noise_mode: str = field(default="iid", metadata={"help": "iid | antithetic | sobol (docs/variance.md)"})
     timestep_proposal: Optional[str] = field(default=None, metadata={"help": "grid sampler: comma-separated relative "
                                              "probabilities of the positive grid steps (rollout order); t is drawn "
@@ -188,9 +188,9 @@ class TrainConfig:
             _require(self.kl in (None, "girsanov"), "kl", self.kl, "'girsanov' or None with estimator 'trajectory'")
             _require(self.draws_per_sample <= self.num_steps, "draws_per_sample", self.draws_per_sample,
                      f"<= num_steps ({self.num_steps}): the steps trained are a subset of the grid")
-        if self.estimator == "elbo" and self.timestep_sampler == "grid":
+        if self.estimator == "elbo" and self.timestep_sampler in ("grid", "grid_stratified"):
             _require(self.draws_per_sample <= self.num_steps, "draws_per_sample", self.draws_per_sample,
-                     f"<= num_steps ({self.num_steps}) with timestep_sampler 'grid' (K larger than the step grid)")
+                     f"<= num_steps ({self.num_steps}) with timestep_sampler {self.timestep_sampler!r} (K larger than the step grid)")
         if self.noise_mode == "antithetic":
             _require(self.draws_per_sample % 2 == 0, "draws_per_sample", self.draws_per_sample,
                      "even with noise_mode 'antithetic'")
