@@ -1,13 +1,13 @@
-"""Quasi-Monte Carlo draws: scrambled Sobol timesteps and noise for the K draws of a sample.
+"""Quasi-Monte Carlo draws: randomised Sobol timesteps and noise for the K draws of a sample.
 
-Each sample gets its own scrambled Sobol point set (torch's ``SobolEngine`` with
-``scramble=True``, seeded from the caller's generator), and its K draws are the set's
-first K points:
+Each sample gets its own randomised copy of the first K Sobol points (torch's ``SobolEngine``
+points, randomised by a random digital shift plus a jitter inside the last bit, both drawn from the
+caller's generator; far cheaper than building a scrambled engine per sample):
 
     t    = t_min + (t_max - t_min) u,            u the set's points in [0, 1)
     eps  = Phi^-1(u),                             u in [0, 1)^D, one dimension per latent element
 
-Scrambling makes every point uniform on [0, 1)^D, so each draw has the same marginal
+The randomisation makes every point uniform on [0, 1)^D, so each draw has the same marginal
 distribution as an iid draw (U(t_min, t_max) for t, N(0, I) for eps) and every estimator
 that averages per-draw values stays unbiased; only the correlation between the K draws of a
 sample changes. Within a sample, each coordinate of the first 2^m points falls once into each
@@ -32,6 +32,7 @@ refused with an error naming the argument.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import torch
@@ -40,13 +41,27 @@ from torch.quasirandom import SobolEngine
 U_CLAMP = 2.0 ** -40
 
 
-def _seeds(count: int, generator: Optional[torch.Generator]) -> list:
-    return torch.randint(0, 2 ** 62, (count,), generator=generator).tolist()
+BITS = SobolEngine.MAXBIT  # torch's Sobol points are multiples of 2^-BITS
 
 
-def _points(dimension: int, k: int, seed: int) -> torch.Tensor:
-    """The first k points of a scrambled Sobol set in ``dimension`` dims, float64 [k, dimension]."""
-    return SobolEngine(dimension, scramble=True, seed=seed).draw(k, dtype=torch.float64)
+@functools.lru_cache(maxsize=16)
+def _sobol_integers(dimension: int, k: int) -> torch.Tensor:
+    """The first k (unrandomised) Sobol points in ``dimension`` dims as integers in [0, 2^BITS), int64 [k, dimension]."""
+    points = SobolEngine(dimension, scramble=False).draw(k, dtype=torch.float64)
+    return (points * 2.0 ** BITS).round().long()
+
+
+def _points(count: int, dimension: int, k: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """``count`` independently randomised copies of the first k Sobol points, float64 [count, k, dimension] in [0, 1).
+
+    Each copy gets a random digital shift (its integer coordinates XOR one uniform BITS-bit integer per
+    dimension) and a uniform jitter inside the last bit: every point is then exactly U[0, 1)^dimension, and the
+    XOR permutes the dyadic strata of each coordinate, so the stratification of the first 2^m points survives.
+    """
+    base = _sobol_integers(dimension, k)
+    shift = torch.randint(0, 2 ** BITS, (count, 1, dimension), generator=generator)
+    jitter = torch.rand(count, k, dimension, generator=generator, dtype=torch.float64)
+    return ((base[None] ^ shift).double() + jitter) / 2.0 ** BITS
 
 
 def sobol_timesteps(batch_size: int, draws_per_sample: int, *, t_min: float, t_max: float,
@@ -55,8 +70,7 @@ def sobol_timesteps(batch_size: int, draws_per_sample: int, *, t_min: float, t_m
 
     Arguments are checked by :func:`sample_timesteps` (sampler "sobol"), which calls this.
     """
-    seeds = _seeds(batch_size, generator)
-    u = torch.stack([_points(1, draws_per_sample, s)[:, 0] for s in seeds])
+    u = _points(batch_size, 1, draws_per_sample, generator)[..., 0]
     return (t_min + (t_max - t_min) * u).to(torch.float32)
 
 
@@ -88,7 +102,6 @@ def sobol_noise(shape: Sequence[int], draws_per_sample: int,
         raise ValueError(f"shape {tuple(shape)}: noise mode 'sobol' needs one Sobol dimension per latent element, "
                          f"and {d} elements exceed SobolEngine.MAXDIM = {SobolEngine.MAXDIM}; use 'iid' or "
                          f"'antithetic' for latents this large")
-    seeds = _seeds(n // k, generator)
-    u = torch.cat([_points(d, k, s) for s in seeds]).clamp_(U_CLAMP, 1 - U_CLAMP)
+    u = _points(n // k, d, k, generator).reshape(n, d).clamp_(U_CLAMP, 1 - U_CLAMP)
     eps = torch.special.ndtri(u)
     return eps.to(torch.float32).reshape(tuple(shape))

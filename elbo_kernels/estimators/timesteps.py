@@ -8,7 +8,7 @@ K draws of a sample are consecutive rows):
     uniform       t ~ U(t_min, t_max)
     logit_normal  t = sigmoid(m + s z), z ~ N(0, 1), clamped to [t_min, t_max]
     stratified    t = t_min + (t_max - t_min) (k + U_k) / K, one draw per stratum k
-    sobol         t = t_min + (t_max - t_min) u, u a per-sample scrambled Sobol set (estimators/qmc.py)
+    sobol         t = t_min + (t_max - t_min) u, u a per-sample randomised Sobol set (estimators/qmc.py)
     grid_stratified  the grid values by a randomly shifted lattice: one in each block of M/K
                   neighbouring steps, each value chosen with probability K/M as by "grid" (estimators/qmc.py)
 
@@ -18,7 +18,7 @@ Noise options return eps [B*K, *S]:
     antithetic    draws in consecutive pairs (eps, -eps) within each sample's K draws
                   (K must be even); with paired timesteps (``sample_timesteps(paired=True)``)
                   the pair shares its t, which is what lets the odd-order terms cancel
-    sobol         Phi^-1 of a per-sample scrambled Sobol set in prod(S) dimensions (estimators/qmc.py)
+    sobol         Phi^-1 of a per-sample randomised Sobol set in prod(S) dimensions (estimators/qmc.py)
 
 All take a ``torch.Generator`` (or a seed) so runs are reproducible.
 """
