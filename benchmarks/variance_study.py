@@ -22,7 +22,7 @@ repeats (both methods resampled independently). The methods (TrainConfig options
     default        grid t (4 of the 10 rollout steps, without replacement), iid eps         [the default]
     antithetic     (eps, -eps) pairs sharing their grid t                                    [noise_mode=antithetic]
     stratified     t stratified on (0, 1], iid eps                                           [timestep_sampler=stratified]
-    sobol          scrambled Sobol t and eps                                                 [timestep_sampler=sobol noise_mode=sobol]
+    sobol          randomised Sobol t and eps                                                [timestep_sampler=sobol noise_mode=sobol]
     importance     grid t drawn from q ~ sqrt(E[l^2 | t]) (measured on separate pilot draws,
                    25% uniform), draws reweighted by 1/(M q)                                 [timestep_proposal=...]
     group          the samples of a prompt group share their draws (common random numbers)  [group_draws=true]

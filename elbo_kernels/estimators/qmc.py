@@ -66,7 +66,7 @@ def _points(count: int, dimension: int, k: int, generator: Optional[torch.Genera
 
 def sobol_timesteps(batch_size: int, draws_per_sample: int, *, t_min: float, t_max: float,
                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """t [B, K] in [t_min, t_max]: per sample, the first K points of its own scrambled 1-D Sobol set.
+    """t [B, K] in [t_min, t_max]: per sample, the first K points of its own randomised 1-D Sobol set.
 
     Arguments are checked by :func:`sample_timesteps` (sampler "sobol"), which calls this.
     """
@@ -89,7 +89,7 @@ def grid_lattice_timesteps(batch_size: int, draws_per_sample: int, positive: tor
 
 def sobol_noise(shape: Sequence[int], draws_per_sample: int,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """eps [N, *S] (float32): sample b's K draws are Phi^-1 of its own scrambled Sobol set in D = prod(S) dims.
+    """eps [N, *S] (float32): sample b's K draws are Phi^-1 of its own randomised Sobol set in D = prod(S) dims.
 
     Raises:
         ValueError naming ``shape`` when D exceeds SobolEngine.MAXDIM.
