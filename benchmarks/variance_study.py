@@ -1,338 +1,354 @@
-"""Variance of the ELBO log-ratio and of the pepg policy gradient, per draw option, on DigitEval.
+"""Variance of the ELBO log-ratio and of the pepg policy gradient per estimator option, on DigitEval.
 
-No training. The pretrained DigitEval transformer carries two LoRA adapters (r=8):
+The policies are the real trainer's: the default recipe (`elbo-kernels train`'s TrainConfig) runs
+TRAIN_EPOCHS epochs, and then
 
-    current  theta = base + a random LoRA (B ~ N(0, THETA_SCALE^2), peft's gaussian A)
-    old      theta + one sign-like step of size OLD_STEP on every LoRA parameter, the size of
-             one AdamW step at the trainer's lr (3e-3)
+    current  theta = the partially trained LoRA ("default" adapter)
+    old      the base model (adapters disabled)
 
-A fixed batch of B final samples is drawn once with the old policy (Euler ODE, 10 steps, no
-CFG), as the trainer's rollouts are. Then for each configuration
+A fixed batch of B final samples is drawn once with the old policy (Euler ODE on the 10-step grid,
+no CFG, as rollouts are), rewards and per-prompt advantages (reward - group mean) with the trainer's
+reward. Then each method draws K (t, eps) per sample, R times afresh, on the same x0 and parameters:
 
-    K draws per sample            1, 2, 4, 8
-    timestep sampler              grid (the rollout's own 10-step grid), uniform, stratified, logit_normal
-    noise                         iid; antithetic (sample_noise's mode: eps, -eps on consecutive draws,
-                                  each draw with its own t); antithetic_paired_t (the same pairs, and the
-                                  two draws of a pair share one t: K/2 timesteps, each used twice)
+    log-ratio  l_b = sum_k w_k (e_theta - e_old)_k / K per sample b (adaptive weighting; w = 1 except
+               under importance sampling); reported: Var_r(l_b), averaged over the B samples
+    gradient   d/d(LoRA) of the trainer's pepg loss (no KL) on the batch; reported: the trace of its
+               covariance over the R repeats, and the variance of its projection on a fixed unit vector
 
-the estimate is repeated R times with fresh (t, eps) on the same x0 and parameters:
+Every method costs the same transformer rows at one K (B*K rows, two forwards and one backward), so a
+ratio baseline-variance / method-variance is the gain at equal rows. Intervals: 95% bootstrap over the
+repeats (both methods resampled independently). The methods (TrainConfig options in brackets):
 
-    log-ratio  l_b = mean over the K draws of (e_theta - e_old), adaptive weighting, per sample b;
-               reported: the draw variance Var_r(l_b) averaged over the B samples
-    gradient   d/d(LoRA params) of the trainer's pepg loss (no KL) on the batch, with per-prompt
-               advantages (reward - group mean); reported: the variance of its projection on one
-               fixed random unit direction, and the trace of its covariance (sum of per-parameter
-               variances)
+    default        grid t (4 of the 10 rollout steps, without replacement), iid eps         [the default]
+    antithetic     (eps, -eps) pairs sharing their grid t                                    [noise_mode=antithetic]
+    stratified     t stratified on (0, 1], iid eps                                           [timestep_sampler=stratified]
+    sobol          randomised Sobol t and eps                                                [timestep_sampler=sobol noise_mode=sobol]
+    importance     grid t drawn from q ~ sqrt(E[l^2 | t]) (measured on separate pilot draws,
+                   25% uniform), draws reweighted by 1/(M q)                                 [timestep_proposal=...]
+    group          the samples of a prompt group share their draws (common random numbers)  [group_draws=true]
+    grid_stratified  grid t by a randomly shifted lattice: one per block of M/K steps       [timestep_sampler=grid_stratified]
+    + combinations; and, for the control-variate question, the best coefficient c on e_old
+      (l_c = e_theta - c e_old) measured on the draws themselves (an upper bound on that option).
 
-Within one K every configuration costs the same transformer evaluations (B*K rows, times two
-forwards and one backward), so the ratios in one column are at equal evaluations. "var x K"
-puts different K on one scale (for iid draws it is constant in K).
+Then the time-to-target effect: the default recipe with and without the best option, SEEDS seeds each,
+transformer rows and process CPU seconds to DigitEval 0.9 at diversity >= 0.7 (benchmarks/design_space.py's
+runner and stop rule), single-threaded, at most 2 runs in parallel; medians with bootstrap 95% intervals.
 
     python benchmarks/variance_study.py           # writes benchmarks/results/variance.{json,md,png}
-    python benchmarks/variance_study.py --quick   # CI smoke: K in (2,), 2 samplers, 4 repeats
+    python benchmarks/variance_study.py --quick   # CI smoke: 2 training epochs, few repeats, no time-to-target
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-THETA_SCALE = 1e-2
-OLD_STEP = 3e-3
-SAMPLERS = ("grid", "uniform", "stratified", "logit_normal")
-NOISES = ("iid", "antithetic", "antithetic_paired_t")
-PER_T = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from variance_report import bootstrap_ratio, median_interval, write_markdown, write_plot  # noqa: E402
+
+TRAIN_EPOCHS = 15
+TARGET, MIN_DIVERSITY, COLLAPSE = 0.9, 0.7, 0.55
+PROMPTS, GROUP = 5, 4
+METHODS = {
+    "default": dict(),
+    "antithetic": dict(noise_mode="antithetic"),
+    "importance": dict(importance=True),
+    "group": dict(group_draws=True),
+    "stratified": dict(timestep_sampler="stratified"),
+    "sobol": dict(timestep_sampler="sobol", noise_mode="sobol"),
+    "group+sobol": dict(group_draws=True, timestep_sampler="sobol", noise_mode="sobol"),
+    "grid_stratified": dict(timestep_sampler="grid_stratified"),
+    "grid_stratified+sobol": dict(timestep_sampler="grid_stratified", noise_mode="sobol"),
+    "grid_stratified+antithetic": dict(timestep_sampler="grid_stratified", noise_mode="antithetic"),
+}
 
 
-def setup(batch_prompts: int, group_size: int, seed: int = 0):
-    """(model, grid, x0 [B, 1, 8, 8], prompts, advantages [B], trained parameters, direction)."""
-    from elbo_kernels.models import digits
-    from elbo_kernels.models.lora import active_adapter, add_lora, adapter_parameters
-    from elbo_kernels.sampling import ode_sample, timestep_grid
+class Setup:
+    """The partially trained policies, the fixed batch and everything a measurement needs."""
 
-    model = digits.DigitsModel.load()
-    transformer = model.transformer
-    transformer.requires_grad_(False)
-    add_lora(transformer, model.lora_target_modules, rank=8, alpha=16.0, adapter_names=("default", "old"),
-             init_seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    current = adapter_parameters(transformer, "default")
-    old = adapter_parameters(transformer, "old")
-    with torch.no_grad():
-        for name, p in current.items():
-            if "lora_B" in name:
-                p.copy_(THETA_SCALE * torch.randn(p.shape, generator=generator))
-        for name, p in old.items():
-            sign = torch.randint(0, 2, p.shape, generator=generator).float() * 2 - 1
-            p.copy_(current[name] + OLD_STEP * sign)
-    params = [current[name] for name in sorted(current)]
-    for p in params:
-        p.requires_grad_(True)
+    def __init__(self, epochs: int, seed: int = 0):
+        from elbo_kernels.train import TrainConfig, Trainer
+        from elbo_kernels.sampling import ode_sample
 
-    prompts = [digits.prompt(d) for d in range(batch_prompts) for _ in range(group_size)]
-    cond = model.encode_prompts(prompts)
-    grid = timestep_grid(10)
-    x1 = torch.randn((len(prompts),) + tuple(model.latent_shape), generator=generator)
-    with torch.no_grad(), active_adapter(transformer, "old"):
-        x0 = ode_sample(lambda x, t: model.velocity(x, t, cond), x1, grid)
-    rewards, _ = digits.reward_fn(model.decode(x0), prompts, None)
-    reward = torch.as_tensor(rewards["avg"], dtype=torch.float32).reshape(batch_prompts, group_size)
-    advantages = (reward - reward.mean(1, keepdim=True)).reshape(-1)
-    numel = sum(p.numel() for p in params)
-    direction = torch.randn(numel, generator=generator)
-    direction /= direction.norm()
-    return model, grid, x0, prompts, advantages, params, direction
+        self.tmp = tempfile.TemporaryDirectory()
+        cfg = TrainConfig(output_dir=self.tmp.name, epochs=epochs, eval_every=0, eval_seeds=2, seed=seed,
+                          checkpoint_every=0, plots=False, tensorboard=False, progress=False, stop_at=None)
+        self.trainer = trainer = Trainer(cfg.validate())
+        trainer.fit()
+        self.model = trainer.model
+        self.grid = trainer.sigmas(cfg.num_steps).cpu()
+        generator = torch.Generator().manual_seed(seed + 1)
+        from elbo_kernels.models.digits.data import prompt
 
+        self.prompts = [prompt(d) for d in range(PROMPTS) for _ in range(GROUP)]
+        cond = self.model.encode_prompts(self.prompts)
+        x1 = torch.randn((len(self.prompts),) + tuple(self.model.latent_shape), generator=generator)
+        with torch.no_grad(), trainer.policy("reference"):
+            self.x0 = ode_sample(lambda x, t: self.model.velocity(x, t, cond), x1, self.grid)
+        from elbo_kernels.train.policy_step import Rollout
+        rewards = trainer.rewards(Rollout(self.prompts, self.x0, self.grid)).float().reshape(PROMPTS, GROUP)
+        self.rewards = rewards.reshape(-1)
+        self.advantages = (rewards - rewards.mean(1, keepdim=True)).reshape(-1)
+        self.params = list(trainer.parameters)
+        numel = sum(p.numel() for p in self.params)
+        self.direction = torch.randn(numel, generator=generator, dtype=torch.float64)
+        self.direction /= self.direction.norm()
+        self.config = cfg
 
-def draws(b: int, k: int, sampler: str, noise: str, grid, shape, generator):
-    """t [B*K] and eps [B*K, *S]; consecutive rows are a sample's K draws."""
-    from elbo_kernels.estimators import sample_noise, sample_timesteps
+    def log_ratio_draws(self, t: torch.Tensor, eps: torch.Tensor, k: int):
+        """(e_theta, e_old) per draw [B*K] at given draws (no gradient)."""
+        from elbo_kernels.estimators import elbo, noising
 
-    if noise == "antithetic_paired_t":
-        t = sample_timesteps(b, k, sampler=sampler, grid=grid, generator=generator, paired=True)
-    else:
-        t = sample_timesteps(b, k, sampler=sampler, grid=grid, generator=generator)
-    mode = "iid" if noise == "iid" else "antithetic"
-    eps = sample_noise((b * k,) + tuple(shape), k, mode=mode, generator=generator)
-    return t.reshape(-1).float(), eps
+        cond = self.model.encode_prompts([p for p in self.prompts for _ in range(k)])
+        x_t = noising(self.x0, t, eps)
+        with torch.no_grad():
+            v = self.model.velocity(x_t, t, cond)
+            with self.trainer.policy("reference"):
+                v_old = self.model.velocity(x_t, t, cond)
+        return elbo(v, self.x0, eps, t).double(), elbo(v_old, self.x0, eps, t).double()
 
 
-def _log_ratio(model, x0, cond, t, eps, adapter_old="old"):
-    """Per-draw e_theta - e_old at one set of draws (no gradient)."""
-    from elbo_kernels.estimators import elbo, noising
-    from elbo_kernels.models.lora import active_adapter
+def draw(state: Setup, method: dict, k: int, generators, proposal):
+    """t, eps, weights [B*K] for one repeat, through the trainer's own draw code (policy_step.py)."""
+    from types import SimpleNamespace
 
-    x_t = noising(x0, t, eps)
-    with torch.no_grad():
-        v = model.velocity(x_t, t, cond)
-        with active_adapter(model.transformer, adapter_old):
-            v_old = model.velocity(x_t, t, cond)
-    return elbo(v, x0, eps, t).double(), elbo(v_old, x0, eps, t).double()
+    from elbo_kernels.estimators import sample_noise
+    from elbo_kernels.train.policy_step import draw_timesteps, share_within_groups
+
+    cfg = SimpleNamespace(draws_per_sample=k, noise_mode=method.get("noise_mode", "iid"),
+                          timestep_sampler=method.get("timestep_sampler", "grid"),
+                          timestep_proposal=",".join(f"{q:.6g}" for q in proposal) if method.get("importance") else None)
+    t, w = draw_timesteps(cfg, state.grid, generators)
+    shape = tuple(state.x0.shape[1:])
+    eps = torch.cat([sample_noise((k,) + shape, k, mode=cfg.noise_mode, generator=g) for g in generators])
+    if method.get("group_draws"):
+        t, eps, w = share_within_groups(state.prompts, k, t, eps, w)
+    return t.float(), eps, w
 
 
-def measure(setup_state, k: int, sampler: str, noise: str, repeats: int, seed: int) -> dict:
-    from elbo_kernels.estimators import elbo, noising
-    from elbo_kernels.models.lora import active_adapter
+def measure(state: Setup, name: str, k: int, repeats: int, seed: int, proposal, gradients: bool = True) -> dict:
+    from elbo_kernels.estimators import noising
+    from elbo_kernels.estimators.importance import scale_row_gradients
     from elbo_kernels.objectives import policy_loss
 
-    model, grid, x0, prompts, advantages, params, direction = setup_state
-    transformer = model.transformer
-    b = x0.shape[0]
-    cond = model.encode_prompts([p for p in prompts for _ in range(k)])
-    adv = advantages.repeat_interleave(k)
-    generator = torch.Generator().manual_seed(seed)
-    log_ratios, projections, grads = [], [], []
-    for _ in range(repeats):
-        t, eps = draws(b, k, sampler, "iid" if noise == "independent" else noise, grid, x0.shape[1:], generator)
-        if noise == "independent":
-            # No common random numbers: e_old from its own draws. Same evaluations (two forwards per draw).
-            t_old, eps_old = draws(b, k, sampler, "iid", grid, x0.shape[1:], generator)
-            e_theta, _ = _log_ratio(model, x0, cond, t, eps)
-            _, e_old = _log_ratio(model, x0, cond, t_old, eps_old)
-            log_ratios.append((e_theta - e_old).reshape(b, k).mean(1))
-            continue
-        x_t = noising(x0, t, eps)
-        with torch.no_grad(), active_adapter(transformer, "old"):
-            v_old = model.velocity(x_t, t, cond)
-        v = model.velocity(x_t, t, cond)
-        e_theta = elbo(v.detach(), x0, eps, t)
-        e_old = elbo(v_old, x0, eps, t)
-        log_ratios.append((e_theta - e_old).reshape(b, k).mean(1).double())
-        loss, _ = policy_loss(v, v_old, None, x0, eps, t, adv, objective="pepg", kl=None)
-        grad = torch.autograd.grad(loss, params)
-        flat = torch.cat([g.reshape(-1) for g in grad]).double()
-        grads.append(flat)
-        projections.append(float(flat @ direction.double()))
-    log_ratios = torch.stack(log_ratios)  # [R, B]
-    lr_var = float(log_ratios.var(0).mean())
-    row = {
-        "K": k, "sampler": sampler, "noise": noise, "repeats": repeats, "rows_per_estimate": b * k,
-        "log_ratio_mean": float(log_ratios.mean()), "log_ratio_var": lr_var, "log_ratio_var_x_K": lr_var * k,
-        "grad_proj_var": None, "grad_trace_var": None, "grad_mean_norm": None,
-    }
-    if grads:
-        grads = torch.stack(grads)  # [R, P]
-        projections = torch.tensor(projections, dtype=torch.float64)
-        row.update(grad_proj_var=float(projections.var()), grad_trace_var=float(grads.var(0).sum()),
-                   grad_mean_norm=float(grads.mean(0).norm()))
-    return row
-
-
-def per_timestep(setup_state, repeats: int, seed: int = 7) -> list:
-    """At fixed t: Var over eps of one draw's l, and how much an (eps, -eps) pair cancels.
-
-    pair_reduction = (Var(l) / 2) / Var((l(eps) + l(-eps)) / 2) = 1 / (1 + corr): the pair's gain over
-    two iid draws at this t (1 = no cancellation; 2 needs corr(l(eps), l(-eps)) = -0.5).
-    """
-    model, _, x0, prompts, *_ = setup_state
-    b = x0.shape[0]
-    cond = model.encode_prompts(prompts)
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for value in PER_T:
-        t = torch.full((b,), value)
-        plus, minus = [], []
-        for _ in range(repeats):
-            eps = torch.randn((b,) + tuple(x0.shape[1:]), generator=generator)
-            e_theta, e_old = _log_ratio(model, x0, cond, t, eps)
-            plus.append(e_theta - e_old)
-            e_theta, e_old = _log_ratio(model, x0, cond, t, -eps)
-            minus.append(e_theta - e_old)
-        plus, minus = torch.stack(plus), torch.stack(minus)  # [R, B]
-        cov = ((plus - plus.mean(0)) * (minus - minus.mean(0))).sum(0) / (repeats - 1)
-        corr = cov / (plus.std(0) * minus.std(0))
-        var = plus.var(0).mean()
-        pair = ((plus + minus) / 2).var(0).mean()
-        out.append({"t": value, "log_ratio_mean": float(plus.mean()), "log_ratio_var": float(var),
-                    "antithetic_corr": float(corr.mean()), "pair_reduction": float(var / 2 / pair)})
+    method = METHODS[name]
+    b = state.x0.shape[0]
+    cond = state.model.encode_prompts([p for p in state.prompts for _ in range(k)])
+    adv = state.advantages.repeat_interleave(k)
+    log_ratios, e_thetas, e_olds, grads = [], [], [], []
+    for r in range(repeats):
+        generators = [torch.Generator().manual_seed(seed * 100003 + r * 1009 + i) for i in range(b)]
+        t, eps, w = draw(state, method, k, generators, proposal)
+        weight = torch.ones(b * k, dtype=torch.float64) if w is None else w.double()
+        x_t = noising(state.x0, t, eps)
+        with torch.no_grad(), state.trainer.policy("reference"):
+            v_old = state.model.velocity(x_t, t, cond)
+        with torch.set_grad_enabled(gradients):
+            v = state.model.velocity(x_t, t, cond)
+        from elbo_kernels.estimators import elbo
+        e_theta = elbo(v.detach(), state.x0, eps, t).double()
+        e_old = elbo(v_old, state.x0, eps, t).double()
+        log_ratios.append(((e_theta - e_old) * weight).reshape(b, k).mean(1))
+        e_thetas.append((e_theta * weight).reshape(b, k).mean(1))
+        e_olds.append((e_old * weight).reshape(b, k).mean(1))
+        if gradients:
+            vw = v if w is None else scale_row_gradients(v, w)
+            loss, _ = policy_loss(vw, v_old, None, state.x0, eps, t, adv, objective="pepg", kl=None)
+            grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, state.params)]).double())
+    out = {"method": name, "K": k, "repeats": repeats, "rows_per_estimate": b * k,
+           "log_ratio": torch.stack(log_ratios), "e_theta": torch.stack(e_thetas), "e_old": torch.stack(e_olds)}
+    if gradients:
+        out["grad"] = torch.stack(grads)
     return out
 
 
-def write_markdown(result: dict, path: Path) -> None:
-    rows = result["rows"]
-    ks = sorted({r["K"] for r in rows})
-    lines = [
-        "# ELBO estimator variance on DigitEval (pretrained model, no training)",
-        "",
-        f"Fixed batch of B={result['settings']['batch']} final samples; {result['settings']['repeats']} repeats per "
-        "configuration; old policy = current + one sign step of 3e-3 on every LoRA parameter. "
-        "Variance of the per-sample log-ratio estimate l (mean of K draws of e_theta - e_old, adaptive weighting), "
-        "averaged over samples; variance of the pepg gradient projected on a fixed random direction, and the trace of "
-        "its covariance. Reduction = iid variance / this configuration's variance at the same K and sampler (equal "
-        "transformer evaluations).",
-        "",
-        "| K | sampler | noise | mean l | Var(l) | Var(l) x K | reduction (l) | Var(grad . u) | reduction (grad . u) | tr Cov(grad) | reduction (trace) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    iid = {(r["K"], r["sampler"]): r for r in rows if r["noise"] == "iid"}
-
-    def ratio(base, value):
-        return "-" if base is None or value is None else f"{base / value:.2f}x"
-
-    def num(value, spec):
-        return "-" if value is None else format(value, spec)
-
-    for k in ks:
-        for r in [r for r in rows if r["K"] == k]:
-            base = iid[(k, r["sampler"])]
-            lines.append(
-                f"| {k} | {r['sampler']} | {r['noise']} | {r['log_ratio_mean']:.2e} | {r['log_ratio_var']:.3e} | "
-                f"{r['log_ratio_var_x_K']:.3e} | {ratio(base['log_ratio_var'], r['log_ratio_var'])} | "
-                f"{num(r['grad_proj_var'], '.3e')} | {ratio(base['grad_proj_var'], r['grad_proj_var'])} | "
-                f"{num(r['grad_trace_var'], '.3e')} | {ratio(base['grad_trace_var'], r['grad_trace_var'])} |"
-            )
-    lines += ["", "\"independent\" = e_old from its own (t, eps) draws instead of the current policy's: what the "
-              "common random numbers of l = e_theta - e_old are worth (its reduction column is < 1: iid with shared "
-              "draws is that many times better).", "",
-              "## Why antithetic noise cancels little: one draw at fixed t", "",
-              "| t | mean l | Var over eps of l | corr(l(eps), l(-eps)) | pair reduction 1/(1+corr) |",
-              "|---|---|---|---|---|"]
-    for r in result["per_timestep"]:
-        lines.append(f"| {r['t']} | {r['log_ratio_mean']:.2e} | {r['log_ratio_var']:.3e} | "
-                     f"{r['antithetic_corr']:.2f} | {r['pair_reduction']:.2f}x |")
-    best = result["best_reduction"]
-    lines += ["", f"Largest log-ratio variance reduction at equal evaluations: **{best['factor']:.2f}x** "
-              f"({best['noise']}, {best['sampler']}, K={best['K']}); pepg-gradient reduction in that configuration: "
-              f"{best['grad_proj_factor']:.2f}x (projection), {best['grad_trace_factor']:.2f}x (trace).",
-              "", f"Run: {result['settings']['command']}, {result['settings']['seconds']:.0f} s."]
-    path.write_text("\n".join(lines) + "\n")
+def summarize(m: dict, direction: torch.Tensor) -> dict:
+    lr = m["log_ratio"]
+    row = {"method": m["method"], "K": m["K"], "repeats": m["repeats"], "rows_per_estimate": m["rows_per_estimate"],
+           "log_ratio_mean": float(lr.mean()), "log_ratio_var": float(lr.var(0).mean())}
+    # The control-variate question: the best coefficient c on the old ELBO (c = 1 is what l already is).
+    et, eo = m["e_theta"], m["e_old"]
+    c = ((et - et.mean(0)) * (eo - eo.mean(0))).sum(0) / (eo - eo.mean(0)).square().sum(0)
+    row["cv_best_c_median"] = float(c.median())
+    row["cv_best_c_var"] = float((et - c * eo).var(0).mean())
+    if "grad" in m:
+        g = m["grad"]
+        row.update(grad_trace_var=float(g.var(0).sum()), grad_proj_var=float((g @ direction).var()),
+                   grad_mean_norm=float(g.mean(0).norm()))
+    return row
 
 
-def write_plot(result: dict, path: Path) -> None:
-    import matplotlib
+def per_timestep(state: Setup, repeats: int, seed: int = 7) -> list:
+    """Per positive grid t: mean, variance and second moment of one draw's l, and corr(l(eps), l(-eps))."""
+    grid = state.grid[state.grid > 0]
+    b = state.x0.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for value in grid.tolist():
+        t = torch.full((b,), value)
+        plus, minus = [], []
+        for _ in range(repeats):
+            eps = torch.randn(state.x0.shape, generator=generator)
+            a, o = state.log_ratio_draws(t, eps, 1)
+            plus.append(a - o)
+            a, o = state.log_ratio_draws(t, -eps, 1)
+            minus.append(a - o)
+        plus, minus = torch.stack(plus), torch.stack(minus)  # [R, B]
+        cov = ((plus - plus.mean(0)) * (minus - minus.mean(0))).sum(0) / (repeats - 1)
+        corr = cov / (plus.std(0) * minus.std(0))
+        out.append({"t": value, "log_ratio_mean": float(plus.mean()), "log_ratio_var": float(plus.var(0).mean()),
+                    "log_ratio_second_moment": float(plus.square().mean()),
+                    "between_samples_var": float(plus.mean(0).var()), "antithetic_corr": float(corr.mean())})
+    return out
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    rows = result["rows"]
-    samplers = sorted({r["sampler"] for r in rows}, key=SAMPLERS.index)
-    fig, axes = plt.subplots(2, len(samplers), figsize=(4.2 * len(samplers), 7.5), squeeze=False)
-    styles = {"iid": ("o-", "C0"), "antithetic": ("s--", "C1"), "antithetic_paired_t": ("^-", "C2")}
-    for j, sampler in enumerate(samplers):
-        for noise, (style, color) in styles.items():
-            pts = sorted((r["K"], r["log_ratio_var"], r["grad_proj_var"]) for r in rows
-                         if r["sampler"] == sampler and r["noise"] == noise)
-            if not pts:
-                continue
-            ks, lv, gv = zip(*pts)
-            axes[0][j].loglog(ks, lv, style, color=color, label=noise, base=2)
-            axes[1][j].loglog(ks, gv, style, color=color, label=noise, base=2)
-        axes[0][j].set_title(f"t sampler: {sampler}")
-        axes[1][j].set_xlabel("K draws per sample (equal evaluations within a K)")
-        for ax in (axes[0][j], axes[1][j]):
-            ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel("Var of log-ratio estimate l")
-    axes[1][0].set_ylabel("Var of pepg gradient . u")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+class _Stop(Exception):
+    pass
+
+
+def train_to_target(job: dict) -> dict:
+    """One default-recipe run with ``job["overrides"]``; stops at the first evaluation with DigitEval >= 0.9
+    and diversity >= 0.7 (the trainer's own stop_at ignores diversity), or when diversity collapses below 0.55.
+    Returns the reached evaluation's transformer rows and training-only process CPU seconds (None: never)."""
+    torch.set_num_threads(1)
+    from elbo_kernels.train import TrainConfig, Trainer
+
+    reached = {}
+
+    class TargetTrainer(Trainer):
+        def evaluate(self):
+            start = time.process_time()
+            result = super().evaluate()
+            self.eval_cpu += time.process_time() - start
+            return result
+
+        def fit(self):
+            self.eval_cpu, cpu_start, log = 0.0, time.process_time(), self.output.log
+
+            def log_and_check(record, progress):
+                log(record, progress)
+                if "digiteval" in record:
+                    if record["digiteval"] >= TARGET and record["diversity"] >= MIN_DIVERSITY:
+                        reached.update(epoch=record["epoch"], transformer_rows=record["transformer_rows"],
+                                       cpu_seconds=time.process_time() - cpu_start - self.eval_cpu,
+                                       digiteval=record["digiteval"], diversity=record["diversity"])
+                        raise _Stop("target")
+                    if record["diversity"] < COLLAPSE:
+                        raise _Stop("collapsed")
+
+            self.output.log = log_and_check
+            return super().fit()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(output_dir=tmp, seed=job["seed"], stop_at=None, checkpoint_every=0, plots=False,
+                          tensorboard=False, progress=False, **job["overrides"])
+        stop = "budget"
+        try:
+            TargetTrainer(cfg.validate()).fit()
+        except _Stop as why:
+            stop = str(why)
+    return {"name": job["name"], "seed": job["seed"], "stop": stop, "reached": reached or None}
+
+
+def time_to_target(best: dict, seeds, workers: int) -> dict:
+    """The default recipe with and without the best option, ``seeds`` each, ``workers`` runs at a time."""
+    import multiprocessing as mp
+
+    variants = {"default": {}, "best": best}
+    jobs = [dict(name=name, seed=seed, overrides=overrides) for seed in seeds for name, overrides in variants.items()]
+    from tqdm import tqdm
+
+    with mp.get_context("spawn").Pool(workers) as pool:
+        runs = list(tqdm(pool.imap(train_to_target, jobs), total=len(jobs), desc="time to target"))
+    out = {}
+    for name in variants:
+        mine = [r for r in runs if r["name"] == name]
+        hits = [r["reached"] for r in mine if r["reached"]]
+        rows = [h["transformer_rows"] for h in hits]
+        cpu = [h["cpu_seconds"] for h in hits]
+        out[name] = {"overrides": variants[name], "runs": mine, "reached": f"{len(hits)}/{len(mine)}",
+                     "transformer_rows": rows, "cpu_seconds": cpu,
+                     "rows_median": median_interval(rows), "cpu_median": median_interval(cpu)}
+    return out
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    parser.add_argument("--repeats", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=256)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--skip-time", action="store_true", help="variance only (no time-to-target runs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    ks, samplers, repeats, prompts, group = (1, 2, 4, 8), SAMPLERS, args.repeats, 5, 4
-    if args.quick:
-        ks, samplers, repeats, prompts, group = (2,), ("grid", "uniform"), 4, 2, 2
     start = time.perf_counter()
-    state = setup(prompts, group)
+    epochs, ks, repeats, names = TRAIN_EPOCHS, (4,), args.repeats, list(METHODS)
+    if args.quick:
+        epochs, ks, repeats = 2, (4,), 6
+    state = Setup(epochs)
+    print(f"trained {epochs} epochs; batch {len(state.prompts)} samples, rewards mean {float(state.rewards.mean()):.3f}",
+          flush=True)
+    profile = per_timestep(state, max(8, repeats // 2))
+    from elbo_kernels.estimators.importance import proposal_from_second_moments
 
-    def report(r):
-        print(f"K={r['K']} {r['sampler']:12s} {r['noise']:20s} Var(l)={r['log_ratio_var']:.3e} "
-              f"Var(g.u)={r['grad_proj_var'] or float('nan'):.3e}", flush=True)
+    proposal = proposal_from_second_moments([p["log_ratio_second_moment"] for p in profile]).tolist()
+    rows, raw = [], {}
+    from tqdm import tqdm
 
-    rows = []
-    for k in ks:
-        for sampler in samplers:
-            for noise in NOISES:
-                if noise != "iid" and k % 2:
-                    continue
-                seed = 1000 * k + 10 * SAMPLERS.index(sampler) + NOISES.index(noise)
-                rows.append(measure(state, k, sampler, noise, repeats, seed))
-                report(rows[-1])
-        rows.append(measure(state, k, "uniform", "independent", repeats, 1000 * k + 99))
-        report(rows[-1])
-    iid = {(r["K"], r["sampler"]): r for r in rows if r["noise"] == "iid"}
-    candidates = [dict(K=r["K"], sampler=r["sampler"], noise=r["noise"],
-                       factor=iid[(r["K"], r["sampler"])]["log_ratio_var"] / r["log_ratio_var"],
-                       grad_proj_factor=iid[(r["K"], r["sampler"])]["grad_proj_var"] / r["grad_proj_var"],
-                       grad_trace_factor=iid[(r["K"], r["sampler"])]["grad_trace_var"] / r["grad_trace_var"])
-                  for r in rows if r["noise"] in ("antithetic", "antithetic_paired_t")]
-    per_t = per_timestep(state, repeats)
-    for r in per_t:
-        print(f"t={r['t']}: Var(l)={r['log_ratio_var']:.3e} corr(l(eps), l(-eps))={r['antithetic_corr']:.2f} "
-              f"pair reduction {r['pair_reduction']:.2f}x")
+    with tqdm(total=len(ks) * len(names), desc="methods", disable=args.quick) as bar:
+        for k in ks:
+            for j, name in enumerate(names):
+                m = measure(state, name, k, repeats, seed=1000 * k + j, proposal=proposal)
+                raw[(name, k)] = m
+                rows.append(summarize(m, state.direction))
+                bar.update(1)
+    for row in rows:
+        base = raw[("default", row["K"])]
+        mine = raw[(row["method"], row["K"])]
+        row["log_ratio_reduction"] = bootstrap_ratio(base["log_ratio"], mine["log_ratio"], "log_ratio")
+        row["grad_trace_reduction"] = bootstrap_ratio(base["grad"], mine["grad"], "trace")
+        row["grad_proj_reduction"] = bootstrap_ratio(base["grad"] @ state.direction, mine["grad"] @ state.direction,
+                                                     "scalar")
+        row["cv_reduction_upper_bound"] = row["log_ratio_var"] / row["cv_best_c_var"]
+        print(f"K={row['K']} {row['method']:30s} l: {row['log_ratio_reduction']['ratio']:.2f}x "
+              f"grad trace: {row['grad_trace_reduction']['ratio']:.2f}x", flush=True)
+    k_main = ks[0]
+    candidates = [r for r in rows if r["K"] == k_main and r["method"] != "default"]
+    best_l = max(candidates, key=lambda r: r["log_ratio_reduction"]["ratio"])
+    best_g = max(candidates, key=lambda r: r["grad_trace_reduction"]["ratio"])
     result = {
-        "rows": rows,
-        "best_reduction": max(candidates, key=lambda c: c["factor"]) if candidates else None,
-        "reductions": candidates,
-        "per_timestep": per_t,
-        "common_random_numbers_gain": {r["K"]: r["log_ratio_var"] / iid[(r["K"], "uniform")]["log_ratio_var"]
-                                       for r in rows if r["noise"] == "independent"},
-        "settings": {"batch": prompts * group, "prompts": prompts, "group_size": group, "repeats": repeats,
-                     "theta_lora_B_std": THETA_SCALE, "old_step": OLD_STEP, "lora_rank": 8, "weighting": "adaptive",
-                     "objective": "pepg (no KL)", "threads": 1,
-                     "command": "python benchmarks/variance_study.py" + (" --quick" if args.quick else ""),
-                     "seconds": time.perf_counter() - start},
+        "rows": rows, "per_timestep": profile, "importance_proposal": proposal,
+        "best_log_ratio": {k: best_l[k] for k in ("method", "K", "log_ratio_reduction", "grad_trace_reduction")},
+        "best_gradient": {k: best_g[k] for k in ("method", "K", "log_ratio_reduction", "grad_trace_reduction")},
+        "settings": {"train_epochs": epochs, "batch": len(state.prompts), "prompts": PROMPTS, "group_size": GROUP,
+                     "repeats": repeats, "ks": list(ks), "weighting": "adaptive", "objective": "pepg (no KL)",
+                     "threads": 1, "current": "trained LoRA (default recipe)", "old": "base model",
+                     "reward_mean": float(state.rewards.mean()),
+                     "command": "python benchmarks/variance_study.py" + (" --quick" if args.quick else "")},
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    result["settings"]["seconds"] = time.perf_counter() - start
+    (out / "variance.json").write_text(json.dumps(result, indent=1))  # the variance part, before the long runs
+    if not args.quick and not args.skip_time:
+        best_overrides = {key: value for key, value in METHODS[best_g["method"]].items() if key != "importance"}
+        if METHODS[best_g["method"]].get("importance"):
+            best_overrides["timestep_proposal"] = ",".join(f"{q:.4g}" for q in proposal)
+        result["time_to_target"] = time_to_target(best_overrides, range(args.seeds), args.workers)
+    result["settings"]["seconds"] = time.perf_counter() - start
     (out / "variance.json").write_text(json.dumps(result, indent=1))
-    if result["best_reduction"]:
-        write_markdown(result, out / "variance.md")
-        write_plot(result, out / "variance.png")
-        best = result["best_reduction"]
-        print(f"largest log-ratio variance reduction at equal evaluations: {best['factor']:.2f}x "
-              f"({best['noise']}, {best['sampler']}, K={best['K']})")
+    write_markdown(result, out / "variance.md")
+    write_plot(result, out / "variance.png")
+    print(f"best log-ratio reduction at equal rows (K={k_main}): {best_l['log_ratio_reduction']['ratio']:.2f}x "
+          f"({best_l['method']}); best gradient-trace reduction: {best_g['grad_trace_reduction']['ratio']:.2f}x "
+          f"({best_g['method']})")
     return result
 
 

@@ -1,4 +1,4 @@
-"""The design-space and estimator-variance benchmarks run end to end in their --quick modes."""
+"""The design-space benchmark runs end to end in its --quick mode (the variance study: tests/test_variance_study.py)."""
 
 import importlib
 import json
@@ -28,12 +28,3 @@ def test_design_space_quick_writes_every_method_with_its_sweep_and_speedup(tmp_p
     assert (tmp_path / "design_space.md").read_text().startswith("# Design-space study")
     assert (tmp_path / "design_space.png").stat().st_size > 0
 
-
-def test_variance_study_quick_compares_noise_options_at_equal_draws(tmp_path):
-    result = load("variance_study").main(["--quick", "--out", str(tmp_path)])
-    noises = {row["noise"] for row in result["rows"]}
-    assert {"iid", "antithetic", "antithetic_paired_t", "independent"} <= noises
-    assert all(row["log_ratio_var"] > 0 for row in result["rows"])
-    # Common random numbers (e_theta and e_old at the same draws) are what make l usable at all.
-    assert all(gain > 10 for gain in result["common_random_numbers_gain"].values())
-    assert (tmp_path / "variance.md").exists() and (tmp_path / "variance.png").exists()

@@ -1,6 +1,7 @@
 """Likelihood estimators: the ELBO (weightings, timestep and noise sampling) and the SDE trajectory."""
 
 from .elbo import WEIGHTINGS, Weighting, elbo, elbo_from_moments, noising, weighting_record
+from .importance import grid_importance_timesteps, proposal_from_second_moments, scale_row_gradients
 from .timesteps import NOISE_MODES, TIMESTEP_SAMPLERS, sample_noise, sample_timesteps
 from .trajectory import SDE_TYPES, sde_step_coefficients, sde_step_log_prob
 
@@ -20,6 +21,9 @@ __all__ = [
     "TIMESTEP_SAMPLERS",
     "sample_noise",
     "sample_timesteps",
+    "grid_importance_timesteps",
+    "proposal_from_second_moments",
+    "scale_row_gradients",
     "SDE_TYPES",
     "sde_step_coefficients",
     "sde_step_log_prob",

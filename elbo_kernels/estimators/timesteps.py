@@ -8,6 +8,9 @@ K draws of a sample are consecutive rows):
     uniform       t ~ U(t_min, t_max)
     logit_normal  t = sigmoid(m + s z), z ~ N(0, 1), clamped to [t_min, t_max]
     stratified    t = t_min + (t_max - t_min) (k + U_k) / K, one draw per stratum k
+    sobol         t = t_min + (t_max - t_min) u, u a per-sample randomised Sobol set (estimators/qmc.py)
+    grid_stratified  the grid values by a randomly shifted lattice: one in each block of M/K
+                  neighbouring steps, each value chosen with probability K/M as by "grid" (estimators/qmc.py)
 
 Noise options return eps [B*K, *S]:
 
@@ -15,6 +18,7 @@ Noise options return eps [B*K, *S]:
     antithetic    draws in consecutive pairs (eps, -eps) within each sample's K draws
                   (K must be even); with paired timesteps (``sample_timesteps(paired=True)``)
                   the pair shares its t, which is what lets the odd-order terms cancel
+    sobol         Phi^-1 of a per-sample randomised Sobol set in prod(S) dimensions (estimators/qmc.py)
 
 All take a ``torch.Generator`` (or a seed) so runs are reproducible.
 """
@@ -26,9 +30,10 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .._validation import check_choice, check_tensor
+from .qmc import grid_lattice_timesteps, sobol_noise, sobol_timesteps
 
-TIMESTEP_SAMPLERS = ("grid", "uniform", "logit_normal", "stratified")
-NOISE_MODES = ("iid", "antithetic")
+TIMESTEP_SAMPLERS = ("grid", "uniform", "logit_normal", "stratified", "sobol", "grid_stratified")
+NOISE_MODES = ("iid", "antithetic", "sobol")
 
 GeneratorLike = Union[torch.Generator, int, None]
 
@@ -62,8 +67,8 @@ def sample_timesteps(
     Args:
         batch_size: B >= 1 samples.
         draws_per_sample: K >= 1 draws each.
-        sampler: "grid", "uniform", "logit_normal" or "stratified".
-        grid: for "grid", the rollout's sigma grid (any order; zeros are dropped); K must not
+        sampler: "grid", "uniform", "logit_normal", "stratified", "sobol" or "grid_stratified".
+        grid: for "grid" and "grid_stratified", the rollout's sigma grid (any order; zeros are dropped); K must not
             exceed the number of positive grid values.
         t_min, t_max: bounds for the continuous samplers, 0 < t_min < t_max <= 1.
         paired: draw K/2 timesteps and give each to two consecutive draws (K even), so that
@@ -85,9 +90,9 @@ def sample_timesteps(
         half = sample_timesteps(batch_size, draws_per_sample // 2, sampler=sampler, grid=grid, t_min=t_min, t_max=t_max,
                                 logit_mean=logit_mean, logit_std=logit_std, generator=generator, device=device)
         return half.repeat_interleave(2, dim=1)
-    if sampler == "grid":
+    if sampler in ("grid", "grid_stratified"):
         if grid is None:
-            raise ValueError("sampler 'grid' needs grid=<the rollout's sigma grid>")
+            raise ValueError(f"sampler {sampler!r} needs grid=<the rollout's sigma grid>")
         check_tensor("grid", grid)
         positive = grid[grid > 0].to(torch.float32)
         if draws_per_sample > positive.numel():
@@ -95,12 +100,16 @@ def sample_timesteps(
                 f"draws_per_sample={draws_per_sample} exceeds the {positive.numel()} positive values of the grid"
             )
         gen = _generator(generator, "cpu")
+        if sampler == "grid_stratified":
+            return grid_lattice_timesteps(batch_size, draws_per_sample, positive.cpu(), generator=gen).to(grid.device)
         order = torch.argsort(torch.rand(batch_size, positive.numel(), generator=gen), dim=1)[:, :draws_per_sample]
         return positive.cpu()[order].to(grid.device)
     gen = _generator(generator, "cpu")
     shape = (batch_size, draws_per_sample)
     if sampler == "uniform":
         t = t_min + (t_max - t_min) * torch.rand(shape, generator=gen)
+    elif sampler == "sobol":
+        t = sobol_timesteps(batch_size, draws_per_sample, t_min=t_min, t_max=t_max, generator=gen)
     elif sampler == "logit_normal":
         t = torch.sigmoid(logit_mean + logit_std * torch.randn(shape, generator=gen)).clamp(t_min, t_max)
     else:
@@ -118,7 +127,7 @@ def sample_noise(
     device=None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """eps [N, *S] for N = B * K draws (shape = (N, *S)); mode "iid" or "antithetic".
+    """eps [N, *S] for N = B * K draws (shape = (N, *S)); mode "iid", "antithetic" or "sobol".
 
     Raises:
         ValueError for an unknown mode, N not a multiple of K, or odd K with "antithetic".
@@ -133,6 +142,8 @@ def sample_noise(
     gen = _generator(generator, "cpu")
     if mode == "iid":
         return torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    if mode == "sobol":
+        return sobol_noise(shape, draws_per_sample, generator=gen).to(device=device, dtype=dtype)
     if draws_per_sample % 2:
         raise ValueError(f"mode 'antithetic' pairs draws, so draws_per_sample must be even, got {draws_per_sample}")
     half = torch.randn((draws // 2,) + shape[1:], generator=gen)

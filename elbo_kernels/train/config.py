@@ -31,7 +31,7 @@ from .trackers import REPORT_TO
 
 # Keys whose value may be None ("none" on the command line).
 OPTIONAL = ("kl", "stop_at", "prompts", "weights_dtype", "resolution", "shift", "frames", "guidance",
-            "lora_target_modules")
+            "lora_target_modules", "timestep_proposal")
 SAMPLERS = ("ode", "sde")
 ON_NON_FINITE = ("skip", "raise")
 TASKS = ("digiteval", "digit_geneval")
@@ -75,8 +75,14 @@ class TrainConfig:
     # Likelihood estimator and objective.
     estimator: str = field(default="elbo", metadata={"help": "elbo (final sample) | trajectory (SDE steps)"})
     draws_per_sample: int = field(default=4, metadata={"help": "K: ELBO draws per sample / SDE steps trained"})
-    timestep_sampler: str = field(default="grid", metadata={"help": "grid | uniform | logit_normal | stratified"})
-    noise_mode: str = field(default="iid", metadata={"help": "iid | antithetic"})
+    timestep_sampler: str = field(default="grid", metadata={"help": "grid | uniform | logit_normal | stratified | sobol | grid_stratified (docs/variance.md)"})
+    noise_mode: str = field(default="iid", metadata={"help": "iid | antithetic | sobol (docs/variance.md)"})
+    timestep_proposal: Optional[str] = field(default=None, metadata={"help": "grid sampler: comma-separated relative "
+                                             "probabilities of the positive grid steps (rollout order); t is drawn "
+                                             "from them and each draw's gradient reweighted by 1/(M q), unbiased "
+                                             "(docs/variance.md; none = the plain grid sampler)"})
+    group_draws: bool = field(default=False, metadata={"help": "the samples of one prompt group use the same (t, eps) "
+                              "draws: common random numbers across the group (docs/variance.md)"})
     objective: str = field(default="pepg", metadata={"help": "one of " + ", ".join(OBJECTIVES)})
     weighting: str = field(default="adaptive", metadata={"help": "simple | t | path_kl | adaptive"})
     kl: Optional[str] = field(default="girsanov", metadata={"help": "girsanov | kl1..kl3[_iw] | none"})
@@ -169,7 +175,7 @@ class TrainConfig:
             value = getattr(self, key)
             _require(_finite(value) and 0 <= value < 1, key, value, "a number in [0, 1)")
         _require(self.seed < 2 ** 63, "seed", self.seed, "an int in [0, 2**63)")
-        for key in ("resume", "overwrite", "plots", "tensorboard", "progress"):
+        for key in ("resume", "overwrite", "plots", "tensorboard", "progress", "group_draws"):
             _require(isinstance(getattr(self, key), bool), key, getattr(self, key), "true or false")
         for key in ("model", "reward", "output_dir"):
             _require(isinstance(getattr(self, key), str) and getattr(self, key) != "", key, getattr(self, key),
@@ -193,12 +199,17 @@ class TrainConfig:
             _require(self.kl in (None, "girsanov"), "kl", self.kl, "'girsanov' or None with estimator 'trajectory'")
             _require(self.draws_per_sample <= self.num_steps, "draws_per_sample", self.draws_per_sample,
                      f"<= num_steps ({self.num_steps}): the steps trained are a subset of the grid")
-        if self.estimator == "elbo" and self.timestep_sampler == "grid":
+        if self.estimator == "elbo" and self.timestep_sampler in ("grid", "grid_stratified"):
             _require(self.draws_per_sample <= self.num_steps, "draws_per_sample", self.draws_per_sample,
-                     f"<= num_steps ({self.num_steps}) with timestep_sampler 'grid' (K larger than the step grid)")
+                     f"<= num_steps ({self.num_steps}) with timestep_sampler {self.timestep_sampler!r} (K larger than the step grid)")
         if self.noise_mode == "antithetic":
             _require(self.draws_per_sample % 2 == 0, "draws_per_sample", self.draws_per_sample,
                      "even with noise_mode 'antithetic'")
+        if self.timestep_proposal is not None:
+            _require(self.estimator == "elbo" and self.timestep_sampler == "grid", "timestep_proposal",
+                     self.timestep_proposal, "none unless estimator 'elbo' with timestep_sampler 'grid'")
+            _require(_proposal_ok(self.timestep_proposal, self.num_steps), "timestep_proposal", self.timestep_proposal,
+                     f"{self.num_steps} comma-separated numbers > 0 (one per positive grid step, num_steps)")
         _require(self.weights_dtype in (None, "fp32", "bf16", "fp16"), "weights_dtype", self.weights_dtype,
                  "none, 'fp32', 'bf16' or 'fp16'")
         _require(self.resolution is None or (isinstance(self.resolution, int) and self.resolution > 0),
@@ -244,6 +255,14 @@ class TrainConfig:
 
     def save_yaml(self, path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _proposal_ok(spec, count: int) -> bool:
+    try:
+        values = [float(v) for v in str(spec).split(",")]
+    except ValueError:
+        return False
+    return len(values) == count and all(_finite(v) and v > 0 for v in values)
 
 
 def _finite(value) -> bool:

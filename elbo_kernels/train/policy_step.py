@@ -22,6 +22,7 @@ import torch
 
 
 from ..estimators import noising, sample_noise, sample_timesteps, sde_step_log_prob
+from ..estimators.importance import grid_importance_timesteps, scale_row_gradients
 from ..objectives import log_prob_policy_loss, policy_loss
 from ..sampling import SDETrajectory
 
@@ -62,6 +63,31 @@ def micro_batches(num_samples: int, draws_per_sample: int, micro_batch: int) -> 
     return [slice(i, min(i + per, num_samples)) for i in range(0, num_samples, per)]
 
 
+def draw_timesteps(cfg, grid: torch.Tensor, generators: Sequence[torch.Generator]):
+    """t [B*K] and the importance weights [B*K] (None without ``timestep_proposal``), one generator per sample."""
+    k, paired = cfg.draws_per_sample, cfg.noise_mode == "antithetic"
+    if cfg.timestep_proposal is None:
+        return torch.cat([sample_timesteps(1, k, sampler=cfg.timestep_sampler, grid=grid, generator=g,
+                                           paired=paired).reshape(-1) for g in generators]), None
+    proposal = [float(v) for v in cfg.timestep_proposal.split(",")]
+    per = k // 2 if paired else k
+    drawn = [grid_importance_timesteps(1, per, grid, proposal, generator=g) for g in generators]
+    t, w = torch.cat([d[0] for d in drawn]), torch.cat([d[1] for d in drawn])
+    if paired:  # the two draws of an antithetic pair share their t (and its weight)
+        t, w = t.repeat_interleave(2, dim=1), w.repeat_interleave(2, dim=1)
+    return t.reshape(-1), w.reshape(-1)
+
+
+def share_within_groups(prompts: Sequence[str], k: int, t, eps, w):
+    """Every sample takes the draws of the first sample with the same prompt (common random numbers
+    across the advantage group: the parts of the per-draw terms that the draws alone decide cancel
+    in sum_b A_b, which is 0 over a group). Each sample's own draws keep their distribution."""
+    first: Dict[str, int] = {}
+    source = torch.tensor([first.setdefault(p, i) for i, p in enumerate(prompts)])
+    rows = (source[:, None] * k + torch.arange(k)).reshape(-1).to(t.device)
+    return t[rows], eps[rows], None if w is None else w[rows]
+
+
 def elbo_step(trainer, rollout: Rollout, advantages: torch.Tensor,
               generators: Sequence[torch.Generator]) -> Dict[str, float]:
     """``generators``: one per sample, so a sample's draws do not depend on its batch or process."""
@@ -71,14 +97,13 @@ def elbo_step(trainer, rollout: Rollout, advantages: torch.Tensor,
     batch_size, draws_per_sample = x0.shape[0], cfg.draws_per_sample
     shape = tuple(x0.shape[1:])
     grid = rollout.sigmas.cpu()
-    t_all = torch.cat([
-        sample_timesteps(1, draws_per_sample, sampler=cfg.timestep_sampler, grid=grid, generator=g,
-                         paired=cfg.noise_mode == "antithetic").reshape(-1)
-        for g in generators
-    ]).to(trainer.device, x0.dtype)
+    t_all, w_all = draw_timesteps(cfg, grid, generators)
+    t_all = t_all.to(trainer.device, x0.dtype)
     eps_all = torch.cat([
         sample_noise((draws_per_sample,) + shape, draws_per_sample, mode=cfg.noise_mode, generator=g, dtype=x0.dtype) for g in generators
     ]).to(trainer.device)
+    if cfg.group_draws:
+        t_all, eps_all, w_all = share_within_groups(rollout.prompts, draws_per_sample, t_all, eps_all, w_all)
     adv_all = advantages.to(trainer.device, torch.float32).repeat_interleave(draws_per_sample)
     use_ref = cfg.kl is not None and cfg.beta > 0
     average = StatsAverage()
@@ -96,6 +121,8 @@ def elbo_step(trainer, rollout: Rollout, advantages: torch.Tensor,
                 with trainer.policy("reference"):
                     v_ref = trainer.velocity(x_t, t, cond)
         v = trainer.velocity(x_t, t, cond)
+        if w_all is not None:
+            v = scale_row_gradients(v, w_all[rows].to(trainer.device))
         loss, stats = policy_loss(
             v.float(), v_old.float(), None if v_ref is None else v_ref.float(), x0[samples].float(), eps.float(), t,
             adv_all[rows], objective=trainer.objective, weighting=trainer.weighting, kl=cfg.kl, beta=cfg.beta,
