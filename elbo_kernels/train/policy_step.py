@@ -65,12 +65,12 @@ def micro_batches(num_samples: int, draws_per_sample: int, micro_batch: int) -> 
 
 def draw_timesteps(cfg, grid: torch.Tensor, generators: Sequence[torch.Generator]):
     """t [B*K] and the importance weights [B*K] (None without ``timestep_proposal``), one generator per sample."""
-    k, paired = cfg.draws_per_sample, cfg.noise_mode == "antithetic"
+    draws_per_sample, paired = cfg.draws_per_sample, cfg.noise_mode == "antithetic"
     if cfg.timestep_proposal is None:
-        return torch.cat([sample_timesteps(1, k, sampler=cfg.timestep_sampler, grid=grid, generator=g,
+        return torch.cat([sample_timesteps(1, draws_per_sample, sampler=cfg.timestep_sampler, grid=grid, generator=g,
                                            paired=paired).reshape(-1) for g in generators]), None
     proposal = [float(v) for v in cfg.timestep_proposal.split(",")]
-    per = k // 2 if paired else k
+    per = draws_per_sample // 2 if paired else draws_per_sample
     drawn = [grid_importance_timesteps(1, per, grid, proposal, generator=g) for g in generators]
     t, w = torch.cat([d[0] for d in drawn]), torch.cat([d[1] for d in drawn])
     if paired:  # the two draws of an antithetic pair share their t (and its weight)
@@ -78,13 +78,13 @@ def draw_timesteps(cfg, grid: torch.Tensor, generators: Sequence[torch.Generator
     return t.reshape(-1), w.reshape(-1)
 
 
-def share_within_groups(prompts: Sequence[str], k: int, t, eps, w):
+def share_within_groups(prompts: Sequence[str], draws_per_sample: int, t, eps, w):
     """Every sample takes the draws of the first sample with the same prompt (common random numbers
     across the advantage group: the parts of the per-draw terms that the draws alone decide cancel
     in sum_b A_b, which is 0 over a group). Each sample's own draws keep their distribution."""
     first: Dict[str, int] = {}
     source = torch.tensor([first.setdefault(p, i) for i, p in enumerate(prompts)])
-    rows = (source[:, None] * k + torch.arange(k)).reshape(-1).to(t.device)
+    rows = (source[:, None] * draws_per_sample + torch.arange(draws_per_sample)).reshape(-1).to(t.device)
     return t[rows], eps[rows], None if w is None else w[rows]
 
 
