@@ -194,10 +194,11 @@ def parse_args(argv):
                         "DigitEval); needs a checkout whose TrainConfig has the key")
     parser.add_argument("--target", type=float, default=TARGET, help="score at which a run has reached the target")
     parser.add_argument("--seeds", type=int, default=SEEDS, help="seeds at the chosen point (0, 1, ...)")
-    parser.add_argument("--max-extensions", type=int, default=3, help="bracketing rounds after the first grid")
+    parser.add_argument("--max-extensions", type=int, default=1, help="bracketing rounds after the first grid")
+    parser.add_argument("--prompts-per-epoch", type=int, default=5, help="distinct prompts per epoch (x group 8)")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies every method's epoch budget")
     parser.add_argument("--eval-every", type=int, default=2)
-    parser.add_argument("--eval-seeds", type=int, default=10)
+    parser.add_argument("--eval-seeds", type=int, default=10, help="evaluation seeds per prompt (x 10 digits)")
     parser.add_argument("--cache", default="", help="directory of finished runs to reuse (and to save runs in)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory-per-step section")
     return parser, parser.parse_args(argv)
@@ -206,7 +207,7 @@ def parse_args(argv):
 def main(argv=None) -> dict:
     parser, args = parse_args(argv)
     methods = method_table()
-    seeds, scale, quick_epochs = tuple(range(args.seeds)), {}, None
+    seeds, scale, quick_epochs = tuple(range(args.seeds)), {"prompts_per_epoch": args.prompts_per_epoch}, None
     if args.quick:
         methods = {k: methods[k] for k in ("flowgrpo_nocfg", "diffusionnft", "recipe", "recipe_sde")}
         for m in methods.values():
