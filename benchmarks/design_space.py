@@ -66,16 +66,21 @@ class _Stop(Exception):
     """Raised from the log hook to end a run early."""
 
 
-def run_one(job: dict) -> dict:
-    """Train one (method, lr, beta, seed); with job["cache"], reuse / save the finished run by content."""
+def cache_path(job: dict):
+    """Where a finished run of this job is saved (None without --cache): named by a hash of its content."""
+    if not job.get("cache"):
+        return None
     key = {"method": job["method"], "config": {k: v for k, v in job["config"].items() if k != "output_dir"},
            "target": job["target"]}
-    cache = None
-    if job.get("cache"):
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        cache = Path(job["cache"]) / f"{job['method']}_lr{job['lr']:g}_b{job['beta']:g}_s{job['seed']}_{digest}.json"
-        if cache.is_file():
-            return json.loads(cache.read_text())
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(job["cache"]) / f"{job['method']}_lr{job['lr']:g}_b{job['beta']:g}_s{job['seed']}_{digest}.json"
+
+
+def run_one(job: dict) -> dict:
+    """Train one (method, lr, beta, seed); with job["cache"], reuse / save the finished run by content."""
+    cache = cache_path(job)
+    if cache is not None and cache.is_file():
+        return json.loads(cache.read_text())
     run = _train(job)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -200,6 +205,8 @@ def parse_args(argv):
     parser.add_argument("--eval-every", type=int, default=2)
     parser.add_argument("--eval-seeds", type=int, default=10, help="evaluation seeds per prompt (x 10 digits)")
     parser.add_argument("--cache", default="", help="directory of finished runs to reuse (and to save runs in)")
+    parser.add_argument("--cached-only", action="store_true", help="with --cache: report only the runs already "
+                        "in the cache (a partial study; the report counts the seeds not run)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory-per-step section")
     return parser, parser.parse_args(argv)
 
@@ -260,6 +267,8 @@ def main(argv=None) -> dict:
     def run_all(jobs, pool):
         # Slow methods first, so the pool's tail is short.
         jobs = sorted(jobs, key=lambda j: -methods[j["method"]]["epochs"])
+        if args.cached_only:
+            jobs = [j for j in jobs if cache_path(j) is not None and cache_path(j).is_file()]
         bar.total += len(jobs)
         bar.refresh()
         for run in pool.map(run_one, jobs):
@@ -282,6 +291,7 @@ def main(argv=None) -> dict:
         while True:
             points = {n: {(lr, beta): s for (m, lr, beta, seed), s in runs.items() if m == n and seed == seeds[0]}
                       for n in swept}
+            swept = [n for n in swept if points[n]]  # --cached-only: a method with no run in the cache is left out
             winners = {n: choose_point(points[n]) for n in swept}
             missing = {n: [p for p in missing_brackets(set(points[n]), winners[n])] for n in swept}
             if rounds >= args.max_extensions or not any(missing.values()):
@@ -289,12 +299,13 @@ def main(argv=None) -> dict:
             rounds += 1
             run_all([job(n, lr, beta, seeds[0]) for n in swept for lr, beta in missing[n]], pool)
         # Phase 3: the other seeds at the winner; followers at the followed method's winner, every seed.
+        followers = [n for n in followers if methods[n]["follows"] in winners]
         for n in followers:
             winners[n], missing[n] = winners[methods[n]["follows"]], []
         run_all([job(n, *winners[n], s) for n in swept for s in seeds[1:]]
                 + [job(n, *winners[n], s) for n in followers for s in seeds], pool)
         for n in followers:
-            points[n] = {winners[n]: runs[(n, *winners[n], seeds[0])]}
+            points[n] = {winners[n]: runs[key] for key in [(n, *winners[n], seeds[0])] if key in runs}
     bar.close()
     tmp.cleanup()
 
@@ -303,10 +314,14 @@ def main(argv=None) -> dict:
     for name, m in methods.items():
         entry = {"label": m["label"], "source": m["source"], "overrides": m["overrides"], "published": m["published"],
                  "epoch_budget": m["epochs"], "base": base[name], "follows": m.get("follows")}
-        if name in trained:
+        if name in swept or name in followers:
+            seed_runs = [runs[(name, *winners[name], s)] for s in seeds if (name, *winners[name], s) in runs]
             entry.update(summarize_method(
                 {f"{lr:g}/{beta:g}": s for (lr, beta), s in points[name].items()}, winners[name],
-                missing[name], [runs[(name, *winners[name], s)] for s in seeds]))
+                missing[name], seed_runs))
+            entry["seeds_not_run"] = len(seeds) - len(seed_runs)
+        elif name in trained:
+            entry["not_run"] = True  # --cached-only and nothing of it in the cache
         else:
             entry["at_target_before_training"] = True
         result["methods"][name] = entry
@@ -327,7 +342,7 @@ def main(argv=None) -> dict:
         "seeds": list(seeds), "eval_every": args.eval_every, "eval_seeds": args.eval_seeds,
         "batch": scale.get("prompts_per_epoch", 10) * scale.get("group_size", 8), "workers": args.workers,
         "threads_per_worker": 1, "quick": args.quick, "max_extensions": args.max_extensions,
-        "extension_rounds": rounds, "collapse_stop": COLLAPSE, "diverged_stop": DIVERGED,
+        "extension_rounds": rounds, "cached_only": args.cached_only, "collapse_stop": COLLAPSE, "diverged_stop": DIVERGED,
         "command": "python benchmarks/design_space.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])),
         "machine": f"{os.cpu_count()} CPU cores, torch CPU, shared with other jobs (load average at end "
                    f"{os.getloadavg()[0]:.1f})",

@@ -100,7 +100,7 @@ def speedups(result: dict) -> dict:
         return methods[name]["at_target"][key]["values"]
 
     for name, m in methods.items():
-        if base is None or "at_target" not in m:
+        if base is None or "at_target" not in m or "at_target" not in methods[base]:
             continue
         out["vs_baseline"][name] = {key: ratio_interval(values(base, key), values(name, key))
                                     for key in ("work_rows", "cpu_seconds")}
@@ -179,12 +179,17 @@ def write_markdown(result: dict, path: Path) -> None:
             lines.append(f"| {m['label']} | {fmt(b['score'], 2)} / {fmt(b['diversity'], 2)} | not swept {pub} | - | "
                          "at the target before training | 0 | 0 | 0 | - | - |")
             continue
+        if m.get("not_run"):
+            lines.append(f"| {m['label']} | {fmt(b['score'], 2)} / {fmt(b['diversity'], 2)} | not run {pub} | - | - | "
+                         "- | - | - | - | - |")
+            continue
         c, at = m["counts"], m["at_target"]
+        not_run = f" (+{m['seeds_not_run']} not run)" if m.get("seeds_not_run") else ""
         vs = sp["vs_baseline"].get(name, {})
         lines.append(
             f"| {m['label']} | {fmt(b['score'], 2)} / {fmt(b['diversity'], 2)} | {m['chosen']['lr']:g} / "
             f"{m['chosen']['beta']:g} {pub} | {bracket_cell(m)} | "
-            f"{c['reached']} / {c['collapsed']} / {c['budget']} | {interval(at['work_rows'], 0)} | "
+            f"{c['reached']} / {c['collapsed']} / {c['budget']}{not_run} | {interval(at['work_rows'], 0)} | "
             f"{interval(at['cpu_seconds'])} | {interval(at['epoch'], 0)} | "
             f"{interval(vs.get('work_rows'), 2, 'ratio', 'x')} | {interval(vs.get('cpu_seconds'), 2, 'ratio', 'x')} |")
     lines += ["", "## The study's factors", "",
