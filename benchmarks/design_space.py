@@ -188,6 +188,83 @@ def base_check(job: dict) -> dict:
             "diversity": result.get("diversity")}
 
 
+def schedule(pool, methods, swept, followers, seeds, job, runs, bar, args):
+    """Each method on its own through grid -> bracketing rounds -> seeds, as soon as its previous stage is
+    done; a free worker takes the ready job of the cheapest method (smallest epoch budget) first, so the
+    fast methods finish whole while the slow ones still run (and --cached-only then finds complete ones).
+    Returns (points, winners, missing, bracketing rounds per method)."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    ready, running = [], {}
+    outstanding = {n: 0 for n in [*swept, *followers]}
+    stage = {n: "grid" for n in swept}
+    rounds = {n: 0 for n in swept}
+    points, winners, missing = {}, {}, {}
+
+    def add(jobs):
+        if args.cached_only:
+            jobs = [j for j in jobs if cache_path(j) is not None and cache_path(j).is_file()]
+        for j in jobs:
+            ready.append(j)
+            outstanding[j["method"]] += 1
+        bar.total += len(jobs)
+        bar.refresh()
+
+    def advance(n):
+        """Method n's stage is complete: next stage, or done."""
+        points[n] = {(lr, beta): s for (m, lr, beta, seed), s in runs.items() if m == n and seed == seeds[0]}
+        if n in followers:
+            return
+        if not points[n]:
+            return  # --cached-only with nothing of it in the cache
+        winners[n] = choose_point(points[n])
+        missing[n] = missing_brackets(set(points[n]), winners[n])
+        if stage[n] != "seeds" and missing[n] and rounds[n] < args.max_extensions:
+            rounds[n] += 1
+            stage[n] = "bracket"
+            add([job(n, lr, beta, seeds[0]) for lr, beta in missing[n]])
+            if outstanding[n]:
+                return
+            return advance(n)
+        if stage[n] == "seeds":
+            return
+        stage[n] = "seeds"
+        add([job(n, *winners[n], s) for s in seeds[1:]])
+        for f in followers:
+            if methods[f]["follows"] == n:
+                winners[f], missing[f] = winners[n], []
+                add([job(f, *winners[n], s) for s in seeds])
+                if not outstanding[f]:
+                    advance(f)
+        if not outstanding[n]:
+            advance(n)
+
+    for n in swept:
+        add([job(n, lr, beta, seeds[0]) for lr in methods[n]["lrs"] for beta in methods[n]["betas"]])
+        if not outstanding[n]:
+            advance(n)
+    order = {n: i for i, n in enumerate(methods)}
+    while ready or running:
+        while ready and len(running) < args.workers:
+            ready.sort(key=lambda j: (methods[j["method"]]["epochs"], order[j["method"]], j["seed"]))
+            j = ready.pop(0)
+            running[pool.submit(run_one, j)] = j
+        done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+        for future in done:
+            j = running.pop(future)
+            run = future.result()
+            runs[(run["method"], run["lr"], run["beta"], run["seed"])] = summarize_run(run)
+            bar.update(1)
+            outstanding[j["method"]] -= 1
+            if not outstanding[j["method"]]:
+                advance(j["method"])
+    for f in followers:
+        if f in winners:
+            points[f] = {winners[f]: runs[key] for key in [(f, *winners[f], seeds[0])] if key in runs}
+    return points, winners, missing, rounds
+
+
+
 # ------------------------------------------------------------------------------------------------
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -263,18 +340,6 @@ def main(argv=None) -> dict:
     runs: Dict[tuple, dict] = {}  # (method, lr, beta, seed) -> summarize_run(...)
     context = multiprocessing.get_context("spawn")
     bar = tqdm(desc="runs", unit="run", dynamic_ncols=True, total=0)
-
-    def run_all(jobs, pool):
-        # Slow methods first, so the pool's tail is short.
-        jobs = sorted(jobs, key=lambda j: -methods[j["method"]]["epochs"])
-        if args.cached_only:
-            jobs = [j for j in jobs if cache_path(j) is not None and cache_path(j).is_file()]
-        bar.total += len(jobs)
-        bar.refresh()
-        for run in pool.map(run_one, jobs):
-            runs[(run["method"], run["lr"], run["beta"], run["seed"])] = summarize_run(run)
-            bar.update(1)
-
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
         # Phase 0: the base model as each method deploys it.
         checks = list(pool.map(base_check, [dict(job(n, *methods[n]["published"], 0), output_dir=f"{tmp.name}/base_{n}")
@@ -283,30 +348,10 @@ def main(argv=None) -> dict:
         trained = [n for n in methods if not (base[n]["score"] >= args.target and base[n]["diversity"] >= MIN_DIVERSITY)]
         swept = [n for n in trained if not methods[n].get("follows")]
         followers = [n for n in trained if methods[n].get("follows")]
-        # Phase 1: the grid on seed 0.
-        run_all([job(n, lr, beta, seeds[0]) for n in swept for lr in methods[n]["lrs"] for beta in methods[n]["betas"]],
-                pool)
-        # Phase 2: bracket the winner.
-        rounds = 0
-        while True:
-            points = {n: {(lr, beta): s for (m, lr, beta, seed), s in runs.items() if m == n and seed == seeds[0]}
-                      for n in swept}
-            swept = [n for n in swept if points[n]]  # --cached-only: a method with no run in the cache is left out
-            winners = {n: choose_point(points[n]) for n in swept}
-            missing = {n: [p for p in missing_brackets(set(points[n]), winners[n])] for n in swept}
-            if rounds >= args.max_extensions or not any(missing.values()):
-                break
-            rounds += 1
-            run_all([job(n, lr, beta, seeds[0]) for n in swept for lr, beta in missing[n]], pool)
-        # Phase 3: the other seeds at the winner; followers at the followed method's winner, every seed.
-        followers = [n for n in followers if methods[n]["follows"] in winners]
-        for n in followers:
-            winners[n], missing[n] = winners[methods[n]["follows"]], []
-        run_all([job(n, *winners[n], s) for n in swept for s in seeds[1:]]
-                + [job(n, *winners[n], s) for n in followers for s in seeds], pool)
-        for n in followers:
-            points[n] = {winners[n]: runs[key] for key in [(n, *winners[n], seeds[0])] if key in runs}
+        points, winners, missing, rounds = schedule(pool, methods, swept, followers, seeds, job, runs, bar, args)
     bar.close()
+    swept = [n for n in swept if n in winners]  # --cached-only: a method with no run in the cache is left out
+    followers = [n for n in followers if n in winners]
     tmp.cleanup()
 
     result = {"task": args.task or "digits (DigitEval)", "target": args.target, "min_diversity": MIN_DIVERSITY,

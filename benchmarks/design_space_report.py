@@ -230,7 +230,7 @@ def write_markdown(result: dict, path: Path) -> None:
                   f"bf16): ELBO keeps {sd3['elbo_final_x0_bytes'] / 2**20:.1f} MiB of final samples, the trajectory "
                   f"estimator {sd3['trajectory_bytes'] / 2**20:.1f} MiB of latents and log-probs."]
     lines += ["", f"Machine: {st['machine']}. Command: `{st['command']}`; {st['wall_minutes']:.1f} min wall; "
-              f"{st['extension_rounds']} bracketing round(s) (at most {st['max_extensions']}); batch {st['batch']}, "
+              f"bracketing rounds {st['extension_rounds']} (at most {st['max_extensions']}); batch {st['batch']}, "
               f"evaluation every {st['eval_every']} epochs on {st['eval_seeds']} seeds per prompt."]
     path.write_text("\n".join(lines) + "\n")
 
