@@ -176,7 +176,18 @@ def _train(job: dict) -> dict:
 
 
 def base_check(job: dict) -> dict:
-    """The untrained model evaluated as the method deploys it (its eval steps and eval CFG)."""
+    """The untrained model evaluated as the method deploys it (its eval steps and eval CFG); cached like runs."""
+    cache = cache_path(dict(job, method=f"base_{job['method']}"))
+    if cache is not None and cache.is_file():
+        return json.loads(cache.read_text())
+    result = _base_check(job)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(result))
+    return result
+
+
+def _base_check(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -243,7 +254,9 @@ def schedule(pool, methods, swept, followers, seeds, job, runs, bar, args):
         add([job(n, lr, beta, seeds[0]) for lr in methods[n]["lrs"] for beta in methods[n]["betas"]])
         if not outstanding[n]:
             advance(n)
-    order = {n: i for i, n in enumerate(methods)}
+    # Among equal budgets: the recipe and its SDE twin first (the headline), then the other baselines.
+    first = ("recipe", "recipe_sde", "diffusionnft", "awm")
+    order = {n: (first.index(n) if n in first else len(first) + i) for i, n in enumerate(methods)}
     while ready or running:
         while ready and len(running) < args.workers:
             ready.sort(key=lambda j: (methods[j["method"]]["epochs"], order[j["method"]], j["seed"]))
@@ -276,7 +289,7 @@ def parse_args(argv):
                         "DigitEval); needs a checkout whose TrainConfig has the key")
     parser.add_argument("--target", type=float, default=TARGET, help="score at which a run has reached the target")
     parser.add_argument("--seeds", type=int, default=SEEDS, help="seeds at the chosen point (0, 1, ...)")
-    parser.add_argument("--max-extensions", type=int, default=1, help="bracketing rounds after the first grid")
+    parser.add_argument("--max-extensions", type=int, default=3, help="bracketing rounds after the first grid")
     parser.add_argument("--prompts-per-epoch", type=int, default=5, help="distinct prompts per epoch (x group 8)")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies every method's epoch budget")
     parser.add_argument("--eval-every", type=int, default=2)

@@ -3,7 +3,8 @@
 Every method of the design-space study is a configuration of the same loop:
 
     recipe (default)   estimator=elbo objective=pepg weighting=adaptive sampler=ode guidance_scale=1
-    FlowGRPO           estimator=trajectory objective=grpo sampler=sde (guidance_scale=4.5 for +CFG)
+    FlowGRPO           estimator=trajectory objective=grpo sampler=sde (configs/flowgrpo_sd3.yaml: its SD3
+                       config's CFG, steps trained, inner_steps, advantage_std, rollout_policy, evaluation)
     DiffusionNFT       estimator=elbo objective=nft weighting=adaptive sampler=ode advantage_mode=nft
     AWM                estimator=elbo objective=grpo weighting=simple sampler=ode
     ELBO + SDE         estimator=elbo sampler=sde
