@@ -159,7 +159,11 @@ def interval(stat: Optional[dict], digits=1, key="median", suffix="") -> str:
 def speedup_cell(row: dict, key: str) -> str:
     """The speedup with its interval; where the slower method's seeds did not all reach the target, also the
     lower bound that counts them with what they spent (">=")."""
-    cell = interval(row.get(key), 2, "ratio", "x")
+    stat = row.get(key) or {}
+    if stat.get("ratio") is not None and math.isinf(stat["ratio"]):
+        cell = "undefined (the slower method's median did not reach the target)"
+    else:
+        cell = interval(stat, 2, "ratio", "x")
     bound = (row.get("lower_bound") or {}).get(key)
     if bound and bound.get("ratio") is not None:
         cell += f"; >= {interval(bound, 2, 'ratio', 'x')}"
