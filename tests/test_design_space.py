@@ -16,15 +16,59 @@ def load(name):
     return importlib.import_module(name)
 
 
-def test_design_space_quick_writes_every_method_with_its_sweep_and_speedup(tmp_path):
+def test_design_space_quick_writes_every_method_with_its_sweep_intervals_and_speedups(tmp_path):
     result = load("design_space").main(["--quick", "--no-memory", "--workers", "1", "--out", str(tmp_path)])
     written = json.loads((tmp_path / "design_space.json").read_text())
-    assert set(written["methods"]) == {"flowgrpo", "diffusionnft", "elbo_pepg_ode"}
+    assert set(written["methods"]) == {"flowgrpo_nocfg", "diffusionnft", "recipe", "recipe_sde"}
+    assert written["methods"]["recipe_sde"]["chosen"] == written["methods"]["recipe"]["chosen"]
     for method in written["methods"].values():
-        assert method["chosen_lr"] in [float(lr) for lr in method["sweep"]]
-        assert {"cpu_seconds", "train_seconds", "transformer_rows", "diversity"} <= set(method["seeds"])
+        assert f"{method['chosen']['lr']:g}/{method['chosen']['beta']:g}" in method["grid"]
+        assert method["counts"]["seeds"] == 2 == len(method["runs"])
+        counted = method["counts"]
+        assert counted["reached"] + counted["collapsed"] + counted["budget"] == 2
+        for key in ("work_rows", "cpu_seconds"):
+            stat = method["at_target"][key]
+            assert stat["n"] == 2 and len(stat["values"]) == 2
         assert method["runs"][0]["curve"], "every run is evaluated at least once"
-    assert set(written["speedup_vs_flowgrpo"]) == set(result["methods"])
+        point = method["runs"][0]["curve"][0]
+        assert point["work_rows"] > point["transformer_rows"] > 0  # backward rows count twice
+    assert written["speedups"]["baseline"] == "flowgrpo_nocfg"
+    assert set(written["speedups"]["vs_baseline"]) == set(result["methods"])
     assert (tmp_path / "design_space.md").read_text().startswith("# Design-space study")
     assert (tmp_path / "design_space.png").stat().st_size > 0
+
+
+def test_bootstrap_median_interval_matches_a_direct_resampling():
+    import numpy as np
+
+    stats = load("design_space_stats")
+    values = [5.0, 1.0, 3.0, None, 2.0]  # None: a seed that never reached the target
+    out = stats.median_interval(values, seed=3)
+    assert out["median"] == 3.0 and out["n"] == 5
+    rng = np.random.default_rng(3)
+    x = np.array([5.0, 1.0, 3.0, np.inf, 2.0])
+    medians = np.median(x[rng.integers(0, 5, size=(stats.BOOTSTRAP, 5))], axis=1)
+    low, high = np.quantile(medians, [0.025, 0.975], method="lower")
+    assert (out["low"], out["high"]) == (low, high)
+    assert stats.median_interval([None, None, 1.0])["median"] == float("inf")  # most seeds failed
+
+
+def test_speedup_interval_is_a_ratio_of_medians_and_failures_are_counted():
+    stats = load("design_space_stats")
+    out = stats.ratio_interval([10.0, 12.0, 14.0], [2.0, 3.0, 4.0])
+    assert out["ratio"] == 4.0 and out["low"] <= 4.0 <= out["high"] and out["undefined"] == 0.0
+    assert stats.ratio_interval([None, None, None], [1.0, 1.0, 1.0])["ratio"] == float("inf")
+    assert stats.counts(["target", "collapsed", "budget", "diverged"], [True, False, False, False]) == {
+        "seeds": 4, "reached": 1, "collapsed": 2, "budget": 1, "failure_reasons": ["collapsed", "diverged"]}
+
+
+def test_bracketing_asks_for_the_missing_neighbours_of_an_edge_winner():
+    methods = load("design_space_methods")
+    grid = {(lr, beta) for lr in (1e-4, 3e-4, 1e-3) for beta in (1e-5, 1e-4, 1e-3)}
+    assert methods.missing_brackets(grid, (3e-4, 1e-4)) == []  # inside the grid
+    assert methods.missing_brackets(grid, (1e-3, 1e-4)) == [(3e-3, 1e-4)]  # lr edge: one step up
+    assert sorted(methods.missing_brackets(grid, (1e-4, 1e-3))) == [(3e-5, 1e-3), (1e-4, 4e-3)]
+    assert methods.missing_brackets({(1e-4, 0.0), (3e-4, 0.0), (1e-4, 1e-5)}, (1e-4, 0.0)) == [(3e-5, 0.0)]
+    for name, m in methods.method_table().items():  # every grid holds the method's published values
+        assert m["published"][0] in m["lrs"] and m["published"][1] in m["betas"], name
 

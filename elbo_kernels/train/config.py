@@ -3,7 +3,8 @@
 Every method of the design-space study is a configuration of the same loop:
 
     recipe (default)   estimator=elbo objective=pepg weighting=adaptive sampler=ode guidance_scale=1
-    FlowGRPO           estimator=trajectory objective=grpo sampler=sde (guidance_scale=4.5 for +CFG)
+    FlowGRPO           estimator=trajectory objective=grpo sampler=sde (configs/flowgrpo_sd3.yaml: its SD3
+                       config's CFG, steps trained, inner_steps, advantage_std, rollout_policy, evaluation)
     DiffusionNFT       estimator=elbo objective=nft weighting=adaptive sampler=ode advantage_mode=nft
     AWM                estimator=elbo objective=grpo weighting=simple sampler=ode
     ELBO + SDE         estimator=elbo sampler=sde
@@ -31,10 +32,13 @@ from .trackers import REPORT_TO
 
 # Keys whose value may be None ("none" on the command line).
 OPTIONAL = ("kl", "stop_at", "prompts", "weights_dtype", "resolution", "shift", "frames", "guidance",
-            "lora_target_modules", "timestep_proposal")
+            "lora_target_modules", "timestep_proposal", "trajectory_steps", "eval_num_steps", "eval_guidance_scale")
 SAMPLERS = ("ode", "sde")
 ON_NON_FINITE = ("skip", "raise")
 TASKS = ("digiteval", "digit_geneval")
+TRAJECTORY_STEP_ORDERS = ("random", "first")
+ADVANTAGE_STDS = ("group", "global")
+ROLLOUT_POLICIES = ("old", "current")
 
 
 @dataclass
@@ -71,10 +75,18 @@ class TrainConfig:
     guidance_scale: float = field(default=1.0, metadata={"help": "CFG scale in rollouts (1 = no CFG)"})
     noise_level: float = field(default=0.7, metadata={"help": "SDE noise level (eta)"})
     sde_type: str = field(default="sde", metadata={"help": "SDE variant: sde | cps"})
+    rollout_policy: str = field(default="old", metadata={"help": "policy that samples the rollouts: old (the lagging "
+                                "blend) | current (FlowGRPO: the policy being trained)"})
 
     # Likelihood estimator and objective.
     estimator: str = field(default="elbo", metadata={"help": "elbo (final sample) | trajectory (SDE steps)"})
-    draws_per_sample: int = field(default=4, metadata={"help": "K: ELBO draws per sample / SDE steps trained"})
+    draws_per_sample: int = field(default=4, metadata={"help": "K: ELBO draws (t, eps) per sample (estimator elbo); "
+                                  "also the SDE steps trained when trajectory_steps is none (the older meaning)"})
+    trajectory_steps: Optional[int] = field(default=None, metadata={"help": "estimator trajectory: SDE steps trained "
+                                            "per sample (none = draws_per_sample; FlowGRPO's SD3 configs: 9 of 10)"})
+    trajectory_step_order: str = field(default="random", metadata={"help": "estimator trajectory: which steps are "
+                                       "trained: random (a random subset per sample) | first (the first ones, in "
+                                       "order, as FlowGRPO's timestep_fraction)"})
     timestep_sampler: str = field(default="grid", metadata={"help": "grid | uniform | logit_normal | stratified | sobol | grid_stratified (docs/variance.md)"})
     noise_mode: str = field(default="iid", metadata={"help": "iid | antithetic | sobol (docs/variance.md)"})
     timestep_proposal: Optional[str] = field(default=None, metadata={"help": "grid sampler: comma-separated relative "
@@ -92,12 +104,17 @@ class TrainConfig:
     nft_beta: float = field(default=1.0, metadata={"help": "DiffusionNFT blend g"})
     advantage_mode: str = field(default="exact", metadata={"help": "standard | exact | nft"})
     advantage_scale: float = field(default=1.0, metadata={"help": "scale of the exact advantage"})
+    advantage_std: str = field(default="group", metadata={"help": "std of the standard / nft advantages: group (per "
+                               "prompt) | global (all rewards of the batch, FlowGRPO's global_std)"})
     backend: str = field(default="auto", metadata={"help": "kernel backend: auto | torch | cpu | cuda | triton"})
 
     # Optimisation.
     lr: float = field(default=3e-3, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0 = off)"})
+    inner_steps: int = field(default=1, metadata={"help": "optimizer steps per epoch: the shuffled batch is split "
+                             "into this many parts, one step each, with the old policy fixed within the epoch "
+                             "(FlowGRPO's SD3 configs: 2)"})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank (0 = full fine-tuning with a frozen reference copy)"})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha"})
     old_decay_rate: float = field(default=0.001, metadata={"help": "old <- d old + (1-d) new, d = min(rate*step, max)"})
@@ -118,6 +135,10 @@ class TrainConfig:
     # Evaluation, logging, checkpoints.
     eval_every: int = field(default=5, metadata={"help": "epochs between evaluations (0 = only before/after)"})
     eval_seeds: int = field(default=20, metadata={"help": "evaluation seeds per prompt"})
+    eval_num_steps: Optional[int] = field(default=None, metadata={"help": "ODE steps at evaluation (none = the "
+                                          "task's own: 10 for digits; FlowGRPO evaluates SD3 with 40)"})
+    eval_guidance_scale: Optional[float] = field(default=None, metadata={"help": "CFG scale at evaluation (none = "
+                                                 "the task's own: 1 for digits; FlowGRPO evaluates with 4.5)"})
     stop_at: Optional[float] = field(default=0.95, metadata={"help": "stop once the evaluation metric reaches this (none = never)"})
     checkpoint_every: int = field(default=20, metadata={"help": "epochs between checkpoints (the last is always saved)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "complete checkpoints kept on disk"})
@@ -132,6 +153,11 @@ class TrainConfig:
     @property
     def batch_size(self) -> int:
         return self.prompts_per_epoch * self.group_size
+
+    @property
+    def steps_trained(self) -> int:
+        """Estimator trajectory: SDE steps trained per sample (trajectory_steps, else the older draws_per_sample)."""
+        return self.draws_per_sample if self.trajectory_steps is None else self.trajectory_steps
 
     def validate(self) -> "TrainConfig":
         """Check every value; raise ValueError naming the key, the value and what is allowed.
@@ -155,11 +181,14 @@ class TrainConfig:
             "on_non_finite": ON_NON_FINITE,
             "report_to": REPORT_TO,
             "task": TASKS,
+            "trajectory_step_order": TRAJECTORY_STEP_ORDERS,
+            "advantage_std": ADVANTAGE_STDS,
+            "rollout_policy": ROLLOUT_POLICIES,
         }
         for key, allowed in choices.items():
             _require(getattr(self, key) in allowed, key, getattr(self, key), "one of " + ", ".join(map(repr, allowed)))
         for key in ("epochs", "prompts_per_epoch", "group_size", "num_steps", "draws_per_sample", "eval_seeds",
-                    "keep_checkpoints", "max_consecutive_skips"):
+                    "keep_checkpoints", "max_consecutive_skips", "inner_steps"):
             value = getattr(self, key)
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key, value, "an int >= 1")
         for key in ("eval_every", "checkpoint_every", "micro_batch", "lora_rank", "seed", "num_threads"):
@@ -175,6 +204,14 @@ class TrainConfig:
             value = getattr(self, key)
             _require(_finite(value) and 0 <= value < 1, key, value, "a number in [0, 1)")
         _require(self.seed < 2 ** 63, "seed", self.seed, "an int in [0, 2**63)")
+        for key in ("trajectory_steps", "eval_num_steps"):
+            value = getattr(self, key)
+            _require(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1), key,
+                     value, "none or an int >= 1")
+        _require(self.eval_guidance_scale is None or (_finite(self.eval_guidance_scale) and self.eval_guidance_scale >= 1),
+                 "eval_guidance_scale", self.eval_guidance_scale, "none or a number >= 1 (1 = no CFG)")
+        _require(self.batch_size % self.inner_steps == 0, "inner_steps", self.inner_steps,
+                 f"a divisor of prompts_per_epoch * group_size ({self.batch_size}): the batch is split into equal parts")
         for key in ("resume", "overwrite", "plots", "tensorboard", "progress", "group_draws"):
             _require(isinstance(getattr(self, key), bool), key, getattr(self, key), "true or false")
         for key in ("model", "reward", "output_dir"):
@@ -197,7 +234,8 @@ class TrainConfig:
                  f"one of {', '.join(map(repr, usable))} with estimator {self.estimator!r}")
         if self.estimator == "trajectory":
             _require(self.kl in (None, "girsanov"), "kl", self.kl, "'girsanov' or None with estimator 'trajectory'")
-            _require(self.draws_per_sample <= self.num_steps, "draws_per_sample", self.draws_per_sample,
+            key = "draws_per_sample" if self.trajectory_steps is None else "trajectory_steps"
+            _require(self.steps_trained <= self.num_steps, key, self.steps_trained,
                      f"<= num_steps ({self.num_steps}): the steps trained are a subset of the grid")
         if self.estimator == "elbo" and self.timestep_sampler in ("grid", "grid_stratified"):
             _require(self.draws_per_sample <= self.num_steps, "draws_per_sample", self.draws_per_sample,
@@ -328,7 +366,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values.update(TrainConfig.from_yaml(args.config).to_dict())
     names: List[str] = [f.name for f in fields(TrainConfig)]
     overrides = {k: v for k, v in vars(args).items() if k in names}
-    for key, kind in (("stop_at", float), ("shift", float), ("resolution", int), ("frames", int), ("guidance", float)):
+    for key, kind in (("stop_at", float), ("shift", float), ("resolution", int), ("frames", int), ("guidance", float),
+                      ("trajectory_steps", int), ("eval_num_steps", int), ("eval_guidance_scale", float)):
         if key in overrides and _none(overrides[key]) is not None:
             try:
                 overrides[key] = kind(overrides[key])

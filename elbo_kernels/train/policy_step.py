@@ -34,6 +34,14 @@ class Rollout:
     sigmas: torch.Tensor  # the rollout grid [T + 1]
     trajectory: Optional[SDETrajectory] = None
 
+    def select(self, index: torch.Tensor) -> "Rollout":
+        """The rollout of samples ``index`` (a 1-D index tensor), e.g. one part of an epoch's batch."""
+        trajectory = self.trajectory
+        if trajectory is not None:
+            trajectory = SDETrajectory(trajectory.latents[index], trajectory.log_probs[index], trajectory.sigmas,
+                                       trajectory.final[index])
+        return Rollout([self.prompts[i] for i in index.tolist()], self.final[index], self.sigmas, trajectory)
+
 
 class StatsAverage:
     """Weighted average of per-micro-batch statistics."""
@@ -141,9 +149,13 @@ def trajectory_step(trainer, rollout: Rollout, advantages: torch.Tensor,
     trajectory = rollout.trajectory
     sigmas = trajectory.sigmas.to(trainer.device, torch.float64)
     b, steps = trajectory.log_probs.shape
-    k = cfg.draws_per_sample
-    # A random permutation of the steps per sample, as FlowGRPO shuffles its timesteps.
-    order = torch.stack([torch.randperm(steps, generator=g)[:k] for g in generators]).to(trainer.device)
+    k = cfg.steps_trained
+    if cfg.trajectory_step_order == "first":
+        # FlowGRPO's SD3 configs: the first int(T * timestep_fraction) steps, in order, for every sample.
+        order = torch.arange(k).expand(b, k).to(trainer.device)
+    else:
+        # A random subset of the steps per sample (one forward then covers B different steps).
+        order = torch.stack([torch.randperm(steps, generator=g)[:k] for g in generators]).to(trainer.device)
     adv = advantages.to(trainer.device, torch.float32)
     use_ref = cfg.kl is not None and cfg.beta > 0
     average = StatsAverage()

@@ -98,7 +98,8 @@ class Trainer(PolicySet, NonFiniteGuard):
         self.model = self.task.model
         self.output = RunOutputs(Path(config.output_dir), config, enabled=self.accelerator.is_main_process,
                                  accelerator=self.accelerator)
-        self.tracker = PerPromptStatTracker(scale=config.advantage_scale, adv_clip_max=config.adv_clip_max)
+        self.tracker = PerPromptStatTracker(global_std=config.advantage_std == "global", scale=config.advantage_scale,
+                                            adv_clip_max=config.adv_clip_max)
         # The config named them and validate() checked them: resolved once, not per micro-batch.
         self.objective, self.weighting = objective_record(config.objective), weighting_record(config.weighting)
         self.epoch = 0
@@ -188,13 +189,14 @@ class Trainer(PolicySet, NonFiniteGuard):
 
     @torch.no_grad()
     def rollout(self, prompts: list, epoch: int, samples: range) -> Rollout:
-        """Samples ``samples`` of the global batch (their prompts given) with the old policy."""
+        """Samples ``samples`` of the global batch (their prompts given) with the old policy (or the
+        current one, with rollout_policy "current")."""
         cfg = self.config
         shape = tuple(self.model.latent_shape)
         x1 = torch.stack([torch.randn(shape, generator=self.generator(epoch, "rollout", i)) for i in samples])
         x1 = x1.to(self.device)
         sigmas = self.sigmas(cfg.num_steps)
-        with self.policy("old"):
+        with self.policy(cfg.rollout_policy):
             velocity = lambda x, t: self.guided_velocity(x, t, prompts)  # noqa: E731
             if cfg.sampler == "ode":
                 return Rollout(prompts, ode_sample(velocity, x1, sigmas, method=cfg.ode_method), sigmas)
@@ -250,9 +252,9 @@ class Trainer(PolicySet, NonFiniteGuard):
         advantages = self.tracker.update(prompts, rewards.numpy(), type=self.config.advantage_mode)
         return torch.as_tensor(advantages, dtype=torch.float32)
 
-    def optimizer_step(self) -> bool:
-        """Clip, check, step and update old / ema; returns False (and changes nothing) when this epoch
-        met a non-finite value or the gradients are non-finite (then ``skip_reason`` says which)."""
+    def optimizer_step(self, blend: bool = True) -> bool:
+        """Clip, check, step and (with ``blend``) update old / ema; returns False (and changes nothing) when
+        this epoch met a non-finite value or the gradients are non-finite (then ``skip_reason`` says which)."""
         cfg = self.config
         if self.skip_reason is None:
             with_grad = [p for p in self.parameters if p.grad is not None]
@@ -271,11 +273,41 @@ class Trainer(PolicySet, NonFiniteGuard):
             self.optimizer.step()
             faults.point("optimizer", self._epoch_number, self.accelerator.process_index)
             self.step += 1
-            self._blend("old", min(cfg.old_decay_rate * self.step, cfg.old_decay_max))
-            if cfg.ema_decay > 0:
-                self._blend("ema", cfg.ema_decay)
+            if blend:
+                self.update_old_and_ema()
         self.optimizer.zero_grad(set_to_none=True)
         return stepped
+
+    def update_old_and_ema(self) -> None:
+        """old <- d old + (1 - d) current and ema <- e ema + (1 - e) current (once per epoch)."""
+        cfg = self.config
+        self._blend("old", min(cfg.old_decay_rate * self.step, cfg.old_decay_max))
+        if cfg.ema_decay > 0:
+            self._blend("ema", cfg.ema_decay)
+
+    def inner_parts(self, epoch: int, count: int) -> list:
+        """inner_steps > 1: this process's samples shuffled (keyed by seed and epoch) and split into
+        inner_steps parts, one optimizer step each (FlowGRPO's num_batches_per_epoch)."""
+        order = torch.randperm(count, generator=self.generator(epoch, "inner_steps"))
+        return list(torch.tensor_split(order, self.config.inner_steps))
+
+    def _inner_steps(self, rollout: Rollout, advantages: torch.Tensor, draws, parts, timer):
+        """Several optimizer steps on parts of one epoch's rollout; the old policy (and EMA) move once,
+        after the last, so every part's ratio is taken against the same old policy."""
+        stats_parts, stepped = [], []
+        for part in parts:
+            sub = rollout.select(part)
+            with timer("loss_backward"):
+                stats = self._run("update", self._policy_step, sub, advantages[part],
+                                  [draws[i] for i in part.tolist()])
+            with timer("optimizer"):
+                stepped.append(self.optimizer_step(blend=False))
+            stats_parts.append(stats)
+        if any(stepped):
+            self.update_old_and_ema()
+        keys = set().union(*stats_parts) if stats_parts else set()
+        stats = {k: (max if k == "ratio_max" else _mean)([s[k] for s in stats_parts if k in s]) for k in keys}
+        return stats, all(stepped)
 
     def reduce_stats(self, stats: Dict[str, float]) -> Dict[str, float]:
         """Mean of each statistic over processes (max for ratio_max)."""
@@ -325,7 +357,17 @@ class Trainer(PolicySet, NonFiniteGuard):
     def evaluate(self) -> dict:
         if self.task.evaluate is None:
             return {}
-        return self.task.evaluate(self.sample)
+        cfg = self.config
+        if cfg.eval_num_steps is None and cfg.eval_guidance_scale is None:
+            return self.task.evaluate(self.sample)
+
+        def as_deployed(prompts, num_steps: int = 10, guidance_scale: float = 1.0, seed=0):
+            """The task's sampler call with eval_num_steps / eval_guidance_scale in place of its own."""
+            return self.sample(prompts, num_steps=num_steps if cfg.eval_num_steps is None else cfg.eval_num_steps,
+                               guidance_scale=guidance_scale if cfg.eval_guidance_scale is None
+                               else cfg.eval_guidance_scale, seed=seed)
+
+        return self.task.evaluate(as_deployed)
 
     # --- the loop -----------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -366,13 +408,19 @@ class Trainer(PolicySet, NonFiniteGuard):
             if not bool(finite.all()):
                 self._flag("reward", f"{int((~finite).sum())} of {rewards.numel()} rewards are NaN or Inf")
             stats: Dict[str, float] = {}
-            if self._agreed_reason() is None:  # a skipped epoch's rollout is never trained on
+            if cfg.inner_steps > 1 and self._agreed_reason() is None:
                 advantages = self.advantages(prompts, rewards)[samples.start:samples.stop]
-                with timer("loss_backward"):
-                    generators = [self.generator(epoch, "draws", i) for i in samples]
-                    stats = self._run("update", self._policy_step, rollout, advantages, generators)
-            with timer("optimizer"):
-                stepped = self.optimizer_step()
+                generators = [self.generator(epoch, "draws", i) for i in samples]
+                stats, stepped = self._inner_steps(rollout, advantages, generators,
+                                                   self.inner_parts(epoch, len(samples)), timer)
+            else:
+                if self._agreed_reason() is None:  # a skipped epoch's rollout is never trained on
+                    advantages = self.advantages(prompts, rewards)[samples.start:samples.stop]
+                    with timer("loss_backward"):
+                        generators = [self.generator(epoch, "draws", i) for i in samples]
+                        stats = self._run("update", self._policy_step, rollout, advantages, generators)
+                with timer("optimizer"):
+                    stepped = self.optimizer_step()
             self.epoch = epoch + 1
             self.consecutive_skips = 0 if stepped else self.consecutive_skips + 1
             shown = rewards[finite] if bool(finite.any()) else rewards
@@ -400,6 +448,10 @@ class Trainer(PolicySet, NonFiniteGuard):
                 break
         progress.close()
         return self.output.finish(self, before, clock + time.perf_counter() - start)
+
+
+def _mean(values) -> float:
+    return sum(values) / len(values)
 
 
 def _reward_column(scores, count: int) -> torch.Tensor:
