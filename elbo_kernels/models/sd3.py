@@ -387,7 +387,7 @@ def save_tiny_pipeline(directory, *, seed: int = 0, sample_size: int = 8, max_le
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    from .pipelines import tiny_clip_tokenizer
+    from .tiny_tokenizers import tiny_clip_tokenizer
 
     tokenizer = tiny_clip_tokenizer(max_length)
     vocab = tokenizer.get_vocab()
