@@ -141,11 +141,15 @@ def _design_space():
 def test_every_config_of_the_design_space_study_validates(tmp_path, quick):
     study = _design_space()
     scale = dict(prompts_per_epoch=4, group_size=4, draws_per_sample=2) if quick else {}
-    for name, method in study.method_table(20, 40, 20).items():
-        job = dict(method=name, output_dir=str(tmp_path / name), seed=0, lr=method["lrs"][0],
-                   epochs=method["epochs"], eval_every=5, eval_seeds=2, scale=scale, overrides=method["overrides"])
-        config = study.resolve_config(job)
-        assert config["objective"] in OBJECTIVES and config["estimator"] in ESTIMATORS
+    for task in ("digiteval", "digit_geneval"):
+        for name, method in study.method_table().items():
+            lr, beta = method["published"]
+            job = dict(method=name, output_dir=str(tmp_path / name), seed=0, lr=lr, beta=beta,
+                       epochs=method["epochs"], eval_every=5, eval_seeds=2, scale=scale,
+                       overrides=dict(method["overrides"], task=task))
+            config = study.resolve_config(job)
+            assert config["objective"] in OBJECTIVES and config["estimator"] in ESTIMATORS
+            assert config["task"] == task
 
 
 # --- weighting records -----------------------------------------------------------------------------------
