@@ -1,4 +1,4 @@
-"""Image conversions shared by the reward functions, and the combinator of weighted rewards.
+"""Image conversions shared by the reward functions.
 
 Rewards accept what FlowGRPO's pipelines and ours produce: a torch tensor [N, C, H, W]
 float in [0, 1] (C = 1 or 3), a numpy array [N, H, W, C] (uint8, or float in [0, 1]),
@@ -7,8 +7,7 @@ or a list of PIL images.
 
 from __future__ import annotations
 
-import inspect
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -71,75 +70,3 @@ def check_batch(images, prompts: Sequence[str], metadata) -> int:
     if metadata is not None and not isinstance(metadata, Mapping) and len(metadata) != n:
         raise ValueError(f"metadata has {len(metadata)} entries for {n} images")
     return n
-
-
-def _accepts(fn: Callable, keyword: str) -> bool:
-    try:
-        parameters = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return keyword in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
-
-
-def multi_score(weights: Mapping[str, float], reward_fns: Optional[Mapping[str, RewardFn]] = None) -> RewardFn:
-    """FlowGRPO's ``multi_score``: several rewards and "avg" = their weighted sum.
-
-    Args:
-        weights: reward name -> weight, e.g. {"pickscore": 0.5, "ocr": 0.5}.
-        reward_fns: name -> reward function; names not given here come from the registry
-            (:func:`elbo_kernels.rewards.get_reward`).
-    Returns:
-        ``fn(images, prompts, metadata, **kwargs) -> (scores, info)`` where scores holds each
-        reward's own score array (float32 [N]) under its name, every extra per-image array it
-        returned (e.g. GenEval's "strict_accuracy"), and "avg"; info maps each name to that reward's
-        info. Keyword arguments such as FlowGRPO's ``only_strict`` reach the rewards that accept them.
-    Raises:
-        ValueError: empty weights, non-finite weights, or an unknown reward name.
-    """
-    if not weights:
-        raise ValueError("weights must name at least one reward, got an empty mapping")
-    for name, weight in weights.items():
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not np.isfinite(weight):
-            raise ValueError(f"weights[{name!r}] must be a finite number, got {weight!r}")
-    fns: Dict[str, RewardFn] = {}
-    for name in weights:
-        if reward_fns is not None and name in reward_fns:
-            fns[name] = reward_fns[name]
-        else:
-            from . import get_reward
-
-            fns[name] = get_reward(name)
-
-    def score(images, prompts, metadata=None, **kwargs):
-        total: Optional[np.ndarray] = None
-        scores: Dict[str, np.ndarray] = {}
-        info: Dict[str, dict] = {}
-        for name, weight in weights.items():
-            fn = fns[name]
-            extra = {k: v for k, v in kwargs.items() if _accepts(fn, k)}
-            result, reward_info = fn(images, prompts, metadata, **extra)
-            values = named_scores(result, name)
-            for key, value in result.items() if isinstance(result, Mapping) else ():
-                if key not in ("avg", name):
-                    scores[key] = np.asarray(value)
-            scores[name] = values
-            info[name] = reward_info
-            total = weight * values if total is None else total + weight * values
-        scores["avg"] = total.astype(np.float32)
-        return scores, info
-
-    return score
-
-
-def named_scores(result: Union[Mapping, Sequence, np.ndarray], name: str) -> np.ndarray:
-    """float32 [N] scores of one reward's result: its ``name`` entry, else "avg", else the array itself.
-
-    Raises:
-        ValueError: a dict with neither key.
-    """
-    if isinstance(result, Mapping):
-        for key in (name, "avg"):
-            if key in result:
-                return np.asarray(result[key], dtype=np.float32).reshape(-1)
-        raise ValueError(f"reward {name!r} returned keys {sorted(result)} without {name!r} or 'avg'")
-    return np.asarray(result, dtype=np.float32).reshape(-1)
