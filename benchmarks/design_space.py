@@ -78,14 +78,18 @@ def cache_path(job: dict):
 
 def run_one(job: dict) -> dict:
     """Train one (method, lr, beta, seed); with job["cache"], reuse / save the finished run by content."""
-    cache = cache_path(job)
+    return _cached(cache_path(job), _train, job)
+
+
+def _cached(cache, compute, job: dict) -> dict:
+    """compute(job), read from / written to the JSON file ``cache`` when it is not None."""
     if cache is not None and cache.is_file():
         return json.loads(cache.read_text())
-    run = _train(job)
+    result = compute(job)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(run))
-    return run
+        cache.write_text(json.dumps(result))
+    return result
 
 
 def resolve_config(job: dict) -> dict:
@@ -177,14 +181,7 @@ def _train(job: dict) -> dict:
 
 def base_check(job: dict) -> dict:
     """The untrained model evaluated as the method deploys it (its eval steps and eval CFG); cached like runs."""
-    cache = cache_path(dict(job, method=f"base_{job['method']}"))
-    if cache is not None and cache.is_file():
-        return json.loads(cache.read_text())
-    result = _base_check(job)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(result))
-    return result
+    return _cached(cache_path(dict(job, method=f"base_{job['method']}")), _base_check, job)
 
 
 def _base_check(job: dict) -> dict:
