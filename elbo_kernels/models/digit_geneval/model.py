@@ -16,8 +16,9 @@ FlowModelAdapter code: velocity, caching, LoRA targets) with
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -120,12 +121,6 @@ class DigitGenEvalModel(DigitsModel):
     """
 
     latent_shape: Tuple[int, ...] = LATENT_SHAPE
-    weights_path = FLOW_WEIGHTS
-    metadata_path = FLOW_METADATA
-    pretrain_module = "elbo_kernels.models.digit_geneval.pretrain"
-    display_name = "DigitGenEval"
-    prompt_token_ids = staticmethod(tokenize)
-    """Token ids [N, MAX_TOKENS] of the prompt's words; encode_prompts caches per prompt as DigitsModel's does."""
 
     def __init__(self, transformer: Optional[nn.Module] = None, prompt_encoder: Optional[nn.Module] = None):
         super().__init__(
@@ -147,3 +142,49 @@ class DigitGenEvalModel(DigitsModel):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Canvases [N, 3, 16, 16] float in [0, 1] from latents [N, 48, 2, 2] (fixed linear decoder, clamped)."""
         return decode_latents(latents.float(), self.basis.float(), self.scale.float()).clamp(0, 1)
+
+    @classmethod
+    def load(cls, device="cpu", weights: Optional[str] = None) -> "DigitGenEvalModel":
+        """The shipped pretrained model (or ``weights`` from pretrain), eval mode, prompt encoder frozen.
+
+        Raises:
+            FileNotFoundError: weights missing (run ``python -m elbo_kernels.models.digit_geneval.pretrain``).
+        """
+        from safetensors.torch import load_file
+
+        path = Path(weights) if weights is not None else FLOW_WEIGHTS
+        if not path.is_file():
+            raise FileNotFoundError(f"DigitGenEval flow weights not found at {path}; run "
+                                    "`python -m elbo_kernels.models.digit_geneval.pretrain`")
+        model = cls()
+        model.load_state_dict(load_file(str(path)))
+        model.prompt_encoder.requires_grad_(False)
+        return model.to(device).eval()
+
+    @staticmethod
+    def metadata() -> dict:
+        """The shipped model's json record (config, training settings, measured scores)."""
+        return json.loads(FLOW_METADATA.read_text())
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """Conditioning for a batch of prompts; "" is unconditional. Cached per prompt while frozen.
+
+        Returns:
+            {"encoder_hidden_states": [N, 8, 32], "pooled_projections": [N, 32]} on the model's device.
+        Raises:
+            TypeError / ValueError: a bare str, or a prompt that is not a DigitGenEval prompt.
+        """
+        ids = tokenize(prompts)
+        device = self.device
+        if any(p.requires_grad for p in self.prompt_encoder.parameters()):
+            return self.prompt_encoder(ids.to(device))
+        keys = [tuple(row) for row in ids.tolist()]
+        missing = sorted(set(k for k in keys if k not in self._cache))
+        if missing:
+            with torch.no_grad():
+                out = self.prompt_encoder(torch.tensor(missing, device=device))
+            for row, key in enumerate(missing):
+                self._cache[key] = (out["encoder_hidden_states"][row], out["pooled_projections"][row])
+        hidden = torch.stack([self._cache[k][0] for k in keys])
+        pooled = torch.stack([self._cache[k][1] for k in keys])
+        return {"encoder_hidden_states": hidden, "pooled_projections": pooled}

@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ...sampling import ode_sample, timestep_grid
-from ..digits.pipeline import DigitsPipeline, Seed, attach_adapter, initial_noise
+from ..digits.pipeline import DigitsPipeline, Seed, initial_noise, resolve_adapter_dir
 from .model import DigitGenEvalModel
 
 
@@ -48,5 +48,13 @@ def load_pipeline(adapter: Optional[Union[str, Path]] = None, device="cpu", merg
     """
     model = DigitGenEvalModel.load(device=device)
     if adapter is not None:
-        attach_adapter(model, adapter, device, merge)
+        from peft import PeftModel
+
+        from ..._checksums import verify_adapter
+
+        directory = resolve_adapter_dir(adapter)
+        verify_adapter(directory, ("adapter_model.safetensors", "adapter_config.json"))
+        peft_model = PeftModel.from_pretrained(model.transformer, str(directory))
+        model.transformer = peft_model.merge_and_unload() if merge else peft_model
+        model.transformer.to(device).eval()
     return DigitGenEvalPipeline(model)

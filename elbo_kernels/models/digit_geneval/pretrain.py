@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..digits.pretrain import flow_matching_step
 from .canvas import render
 from .model import FLOW_WEIGHTS, TRANSFORMER_CONFIG, DigitGenEvalModel
 from .prompts import MAX_TOKENS, NULL, PAD, VOCABULARY, prompt, random_composition, tokenize
@@ -122,7 +121,21 @@ def main(argv=None) -> dict:
         idx = torch.randint(0, len(latents), (args.batch_size,), generator=generator)
         x0 = latents[idx]
         ids = noisy_captions(captions[idx], captions, args.label_noise, args.label_dropout, generator)
-        losses.append(flow_matching_step(model, ema, optimizer, schedule, x0, ids, generator, args.ema, step))
+        t = torch.rand(args.batch_size, generator=generator)
+        eps = torch.randn(x0.shape, generator=generator)
+        x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
+        v = model.velocity(x_t, t, model.prompt_encoder(ids))
+        loss = (v - (eps - x0)).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))
+            for p_ema, p in zip(ema.parameters(), model.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+        losses.append(loss.item())
         if (step + 1) % 100 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:

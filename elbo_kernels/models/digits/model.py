@@ -105,12 +105,6 @@ class DigitsModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
 
-    weights_path: Path = FLOW_WEIGHTS
-    metadata_path: Path = FLOW_METADATA
-    pretrain_module = "elbo_kernels.models.digits.pretrain"
-    display_name = "digits"
-    """Where :meth:`load` and :meth:`metadata` look, the script that writes them, and the name in its error."""
-
     @classmethod
     def load(cls, device="cpu", weights: Optional[str] = None) -> "DigitsModel":
         """The shipped pretrained model (or ``weights``, a safetensors file from pretrain), in eval mode.
@@ -118,29 +112,24 @@ class DigitsModel(nn.Module):
         The prompt encoder is frozen; the transformer keeps requires_grad=True so LoRA can be added.
 
         Raises:
-            FileNotFoundError: the weights file is missing (run ``python -m <pretrain_module>``).
+            FileNotFoundError: the weights file is missing (run ``python -m elbo_kernels.models.digits.pretrain``).
         """
         from safetensors.torch import load_file
 
-        path = Path(weights) if weights is not None else cls.weights_path
+        path = Path(weights) if weights is not None else FLOW_WEIGHTS
         if not path.is_file():
             raise FileNotFoundError(
-                f"{cls.display_name} flow weights not found at {path}; run `python -m {cls.pretrain_module}`"
+                f"digits flow weights not found at {path}; run `python -m elbo_kernels.models.digits.pretrain`"
             )
         model = cls()
         model.load_state_dict(load_file(str(path)))
         model.prompt_encoder.requires_grad_(False)
         return model.to(device).eval()
 
-    @classmethod
-    def metadata(cls) -> dict:
-        """The shipped model's json record (config, training settings, measured scores)."""
-        return json.loads(cls.metadata_path.read_text())
-
     @staticmethod
-    def prompt_token_ids(prompts: Sequence[str]) -> torch.Tensor:
-        """What the prompt encoder reads: int64 [N] (one token per prompt) or [N, L]."""
-        return token_ids(prompts)
+    def metadata() -> dict:
+        """The shipped model's json record (config, training settings, measured DigitEval)."""
+        return json.loads(FLOW_METADATA.read_text())
 
     def _apply(self, fn, *args, **kwargs):
         # Cached conditioning lives on the old device/dtype: drop it whenever the module moves.
@@ -154,24 +143,22 @@ class DigitsModel(nn.Module):
         parameters require grad (pretraining) they are recomputed with autograd.
 
         Returns:
-            {"encoder_hidden_states": [N, L, 32], "pooled_projections": [N, 32]} on the model's device
-            (L = 4 for the digits).
+            {"encoder_hidden_states": [N, 4, 32], "pooled_projections": [N, 32]} on the model's device.
         Raises:
-            TypeError / ValueError: prompts is a bare str, or a prompt the model cannot read.
+            TypeError / ValueError: prompts is a bare str, or a prompt does not name one digit.
         """
-        ids = self.prompt_token_ids(prompts)
+        ids = token_ids(prompts)
         device = self.device
         if any(p.requires_grad for p in self.prompt_encoder.parameters()):
             return self.prompt_encoder(ids.to(device))
-        keys = [tuple(row) if isinstance(row, list) else row for row in ids.tolist()]
-        missing = sorted(set(k for k in keys if k not in self._cache))
+        missing = [i for i in set(ids.tolist()) if i not in self._cache]
         if missing:
             with torch.no_grad():
                 out = self.prompt_encoder(torch.tensor(missing, device=device))
-            for row, key in enumerate(missing):
-                self._cache[key] = (out["encoder_hidden_states"][row], out["pooled_projections"][row])
-        hidden = torch.stack([self._cache[k][0] for k in keys])
-        pooled = torch.stack([self._cache[k][1] for k in keys])
+            for row, i in enumerate(missing):
+                self._cache[i] = (out["encoder_hidden_states"][row], out["pooled_projections"][row])
+        hidden = torch.stack([self._cache[i][0] for i in ids.tolist()])
+        pooled = torch.stack([self._cache[i][1] for i in ids.tolist()])
         return {"encoder_hidden_states": hidden, "pooled_projections": pooled}
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Dict[str, torch.Tensor]) -> torch.Tensor:

@@ -146,20 +146,14 @@ def load_pipeline(adapter: Optional[Union[str, Path]] = None, device="cpu", merg
     """
     model = DigitsModel.load(device=device)
     if adapter is not None:
-        attach_adapter(model, adapter, device, merge)
+        from peft import PeftModel
+
+        from ..._checksums import verify_adapter
+
+        directory = resolve_adapter_dir(adapter)
+        # Inside a checkpoint, the adapter's files must match the hashes recorded when it was written.
+        verify_adapter(directory, ("adapter_model.safetensors", "adapter_config.json"))
+        peft_model = PeftModel.from_pretrained(model.transformer, str(directory))
+        model.transformer = peft_model.merge_and_unload() if merge else peft_model
+        model.transformer.to(device).eval()
     return DigitsPipeline(model)
-
-
-def attach_adapter(model: DigitsModel, adapter: Union[str, Path], device="cpu", merge: bool = True) -> None:
-    """Load a trained LoRA adapter (a checkpoint or run directory, :func:`resolve_adapter_dir`) onto
-    ``model.transformer``, folded into its weights with ``merge``; the transformer ends in eval mode."""
-    from peft import PeftModel
-
-    from ..._checksums import verify_adapter
-
-    directory = resolve_adapter_dir(adapter)
-    # Inside a checkpoint, the adapter's files must match the hashes recorded when it was written.
-    verify_adapter(directory, ("adapter_model.safetensors", "adapter_config.json"))
-    peft_model = PeftModel.from_pretrained(model.transformer, str(directory))
-    model.transformer = peft_model.merge_and_unload() if merge else peft_model
-    model.transformer.to(device).eval()

@@ -46,28 +46,6 @@ def noisy_labels(labels: torch.Tensor, label_noise: float, label_dropout: float,
     return torch.where(dropped, torch.full_like(ids, NULL_TOKEN), ids)
 
 
-def flow_matching_step(model, ema, optimizer, schedule, x0: torch.Tensor, ids: torch.Tensor,
-                       generator: torch.Generator, ema_max: float, step: int) -> float:
-    """One rectified-flow pretraining step on (x0, prompt token ids): t ~ U(0, 1) and eps ~ N(0, I) from
-    ``generator`` (in that order), loss |v(x_t, t) - (eps - x0)|^2, gradient clipped to norm 1, then the
-    EMA copy moved with decay min(ema_max, (1 + step) / (10 + step)). Returns the loss."""
-    t = torch.rand(x0.shape[0], generator=generator)
-    eps = torch.randn(x0.shape, generator=generator)
-    x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
-    v = model.velocity(x_t, t, model.prompt_encoder(ids))
-    loss = (v - (eps - x0)).square().mean()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    schedule.step()
-    with torch.no_grad():
-        decay = min(ema_max, (1 + step) / (10 + step))
-        for p_ema, p in zip(ema.parameters(), model.parameters()):
-            p_ema.lerp_(p, 1 - decay)
-    return loss.item()
-
-
 def measure(model: DigitsModel, guidance_scales=(1.0, 4.5), methods=("euler", "dpm2")) -> dict:
     """DigitEval of the model for each (method, guidance scale), 10 steps."""
     from .evaluation import evaluate
@@ -122,7 +100,21 @@ def main(argv=None) -> dict:
         idx = torch.randint(0, len(x_data), (args.batch_size,), generator=generator)
         x0 = x_data[idx]
         ids = noisy_labels(y_data[idx], args.label_noise, args.label_dropout, generator)
-        losses.append(flow_matching_step(model, ema, optimizer, schedule, x0, ids, generator, args.ema, step))
+        t = torch.rand(args.batch_size, generator=generator)
+        eps = torch.randn(x0.shape, generator=generator)
+        x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
+        v = model.velocity(x_t, t, model.prompt_encoder(ids))
+        loss = (v - (eps - x0)).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))
+            for p_ema, p in zip(ema.parameters(), model.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+        losses.append(loss.item())
         if (step + 1) % 500 == 0:
             print(f"step {step + 1}: loss {np.mean(losses[-500:]):.4f} ({time.time() - start:.0f} s)", flush=True)
     train_seconds = time.time() - start
