@@ -216,11 +216,11 @@ def test_shipped_weights_match_their_recorded_checksums_and_are_small():
 
 
 def test_shipped_base_model_follows_prompts_poorly_without_cfg_and_better_with_it():
-    # The target is SD3.5-M on GenEval: about 0.2-0.35 without CFG and 0.55-0.7 with CFG 4.5. The
-    # shipped model is below both (0.133 and 0.504, docs/digit_geneval.md); this holds what it does meet.
+    # Like SD3.5-M on GenEval: about 0.2-0.35 without CFG and 0.55-0.7 with CFG 4.5 (shipped: 0.254 and 0.633
+    # on 240 fixed samples, docs/digit_geneval.md).
     measured = json.loads(FLOW_METADATA.read_text())["digit_geneval_10_steps"]
     plain, guided = measured["euler_cfg1"]["digit_geneval"], measured["euler_cfg4.5"]["digit_geneval"]
-    assert plain <= 0.35 and guided <= 0.7
+    assert 0.2 <= plain <= 0.35 and 0.55 <= guided <= 0.7
     assert guided >= plain + 0.3
     assert measured["euler_cfg1"]["diversity"] >= 0.7  # two seeds per prompt are too few to measure it in a test
     assert set(measured["euler_cfg1"]["per_category"]) == set(digit_geneval.CATEGORIES)
@@ -231,9 +231,9 @@ def test_base_model_without_and_with_cfg_on_a_small_fixed_sample(model):
     plain = digit_geneval.evaluate(pipe, guidance_scale=1.0, num_seeds=2)
     guided = digit_geneval.evaluate(pipe, guidance_scale=4.5, num_seeds=2)
     # 48 samples: bands of about three binomial standard errors around the shipped 240-sample numbers
-    # (0.133 without CFG, 0.504 with CFG 4.5).
-    assert 0.0 <= plain["digit_geneval"] <= 0.3
-    assert 0.3 <= guided["digit_geneval"] <= 0.72
+    # (0.254 without CFG, 0.633 with CFG 4.5).
+    assert 0.06 <= plain["digit_geneval"] <= 0.45
+    assert 0.42 <= guided["digit_geneval"] <= 0.84
     assert guided["digit_geneval"] >= plain["digit_geneval"] + 0.15
 
 
