@@ -68,17 +68,19 @@ def method_table() -> Dict[str, dict]:
     The first grid is the published lr and the next two half-decades above it (this tiny model has
     always wanted larger steps than SD3.5: the previous study's winners were 1e-3 to 1e-2) at the
     published beta; bracketing (design_space.py) then runs whatever neighbour of the winner is
-    missing along either axis (beta included), so the grid's start decides cost, not the answer. A method with "follows" is not swept: it runs at the followed method's chosen point
-    (one knob changed, the study's way of comparing samplers)."""
+    missing along either axis (beta included), so the grid's start decides cost, not the answer. FlowGRPO's
+    epoch budget is 4x the others' (at 2x, every seed at its best point was still rising when it ended).
+    A method with "follows" is not swept: it runs at the followed method's chosen point (one knob
+    changed, the study's way of comparing samplers)."""
     def entry(overrides, label, lr, beta, epochs, source, betas=None):
         return dict(overrides=overrides, label=label, published=(lr, beta), lrs=_upwards(LR_AXIS, lr, 3),
                     betas=betas or (beta,), epochs=epochs, source=source)
 
     return {
-        "flowgrpo": entry(dict(FLOWGRPO), "FlowGRPO (SD3 config, CFG 4.5, as deployed)", 3e-4, 4e-2, 60,
+        "flowgrpo": entry(dict(FLOWGRPO), "FlowGRPO (SD3 config, CFG 4.5, as deployed)", 3e-4, 4e-2, 120,
                           "FlowGRPO ac4c86e config/grpo.py geneval_sd3, config/base.py, scripts/train_sd3.py"),
         "flowgrpo_nocfg": entry(dict(FLOWGRPO, guidance_scale=1.0, eval_guidance_scale=1.0),
-                                "FlowGRPO (SD3 config, no CFG)", 3e-4, 4e-2, 60,
+                                "FlowGRPO (SD3 config, no CFG)", 3e-4, 4e-2, 120,
                                 "as flowgrpo, with CFG 1 in rollouts, training and evaluation"),
         "diffusionnft": entry(dict(DIFFUSIONNFT), "DiffusionNFT", 1e-4, 0.0, 30,
                               "Flow-Factory examples/nft/lora/sd3_5/default.yaml (5f6cda1) and the DiffusionNFT paper"),

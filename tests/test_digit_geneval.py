@@ -273,3 +273,28 @@ def test_task_key_is_validated_and_only_for_the_embedded_model():
         TrainConfig(task="geneval").validate()
     with pytest.raises(ConfigError, match="task"):
         load_task("stabilityai/stable-diffusion-3.5-medium", "digit", task="digit_geneval")
+
+
+# ----------------------------------------------------------------------------- pretraining stages
+
+
+def test_shipped_stages_in_one_command_equal_the_separate_stage_commands(tmp_path, monkeypatch):
+    # --shipped chains the stages in one process; each must equal its own command with --init the previous
+    # stage's weights (bitwise: both are deterministic on one thread). Tiny stages and a small training set.
+    from safetensors.torch import load_file
+
+    from elbo_kernels.models.digit_geneval import pretrain
+
+    small_set = pretrain.training_set
+    monkeypatch.setattr(pretrain, "training_set", lambda size, seed, model: small_set(64, seed, model))
+    monkeypatch.setattr(pretrain, "measure", lambda model: {})  # the weights are what is compared
+    monkeypatch.setattr(pretrain, "SHIPPED_STAGES", ((3, 0.4, 0), (2, 0.2, 1)))
+    chained = tmp_path / "chained.safetensors"
+    record = pretrain.main(["--shipped", "--out", str(chained), "--threads", "1"])
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    pretrain.main(["--steps", "3", "--label-noise", "0.4", "--seed", "0", "--out", str(first), "--batch-size", "128"])
+    pretrain.main(["--steps", "2", "--label-noise", "0.2", "--seed", "1", "--out", str(second), "--init", str(first)])
+    a, b = load_file(chained), load_file(second)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], load_file(first)[k]) for k in a)  # the second stage trained
+    assert record["training"]["label_noise"] == 0.2 and record["init_record"]["training"]["label_noise"] == 0.4
