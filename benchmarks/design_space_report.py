@@ -177,11 +177,20 @@ def verdict(row: dict) -> str:
         if bound.get("low") is not None and bound["low"] > row["study_factor"]:
             return "larger than the study's (even the lower bound's interval is above it)"
         return "cannot tell: the slower method did not reach the target in every seed, and the lower bound is not above the study's"
-    if work["low"] is None:
+    low, high, factor = work["low"], work["high"], row["study_factor"]
+    if low is None:
         return "cannot tell (too few seeds reached the target)"
-    if work["low"] <= row["study_factor"] <= work["high"]:
-        return "reproduces (the study's factor is inside the interval)"
-    return "smaller than the study's" if work["high"] < row["study_factor"] else "larger than the study's"
+    if low <= factor <= high:
+        if low > 1:
+            return "consistent with the study's (its factor is inside the interval, which excludes 1)"
+        return "not resolved: the interval holds the study's factor and also 1 (no difference)"
+    if high < factor:
+        if high < 1:
+            return "reversed: the whole interval is below 1 (the study's winner is the slower one here)"
+        if low <= 1:
+            return "not reproduced: the interval is below the study's factor and holds 1 (no difference)"
+        return "smaller than the study's, but the interval is above 1"
+    return "larger than the study's (the whole interval is above its factor)"
 
 
 def bracket_cell(m: dict) -> str:

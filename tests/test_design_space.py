@@ -72,3 +72,18 @@ def test_bracketing_asks_for_the_missing_neighbours_of_an_edge_winner():
     for name, m in methods.method_table().items():  # every grid holds the method's published values
         assert m["published"][0] in m["lrs"] and m["published"][1] in m["betas"], name
 
+
+
+def test_verdict_separates_consistent_unresolved_reversed_and_larger():
+    report = load("design_space_report")
+
+    def row(low, high, factor=2.0):
+        return {"study_factor": factor, "work_rows": {"ratio": (low + high) / 2, "low": low, "high": high}}
+
+    assert report.verdict(row(1.5, 3.0)).startswith("consistent")  # holds 2, excludes 1
+    assert report.verdict(row(0.0, 5.7)).startswith("not resolved")  # holds 2 and 1
+    assert report.verdict(row(0.3, 0.9)).startswith("reversed")
+    assert report.verdict(row(0.5, 1.2)).startswith("not reproduced")
+    assert report.verdict(row(1.1, 1.6)).startswith("smaller than the study's, but")
+    assert report.verdict(row(2.5, 4.0)).startswith("larger")
+    assert report.verdict({"study_factor": 2.0, "work_rows": {"low": None, "high": None}}).startswith("cannot tell")
