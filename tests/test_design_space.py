@@ -73,7 +73,6 @@ def test_bracketing_asks_for_the_missing_neighbours_of_an_edge_winner():
         assert m["published"][0] in m["lrs"] and m["published"][1] in m["betas"], name
 
 
-
 def test_verdict_separates_consistent_unresolved_reversed_and_larger():
     report = load("design_space_report")
 
