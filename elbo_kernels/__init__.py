@@ -34,6 +34,7 @@ _PUBLIC = {
     "OBJECTIVES": "objectives",
     "policy_loss": "objectives",
     "NoiseSeed": "ops.noise",
+    "async_value_checks": "_validation",
 }
 
 
@@ -68,6 +69,7 @@ __all__ = [
     "SDE_TYPES",
     "TIMESTEP_SAMPLERS",
     "WEIGHTINGS",
+    "async_value_checks",
     "available_backends",
     "elbo",
     "group_advantages",

@@ -10,11 +10,21 @@ data without breaking the graph. There they become ``torch._assert_async``
 nodes in the compiled graph (:func:`require_all`): the same condition, checked
 on the device, raising RuntimeError with a message naming the argument (without
 the offending values, which a compiled graph cannot format).
+
+Eagerly, a value check reads one bool back from the device, which makes the host
+wait for the GPU once per check. Inside ``async_value_checks()`` (or with
+``ELBO_KERNELS_ASYNC_CHECKS=1``) eager calls use the compiled form instead: the
+same conditions as device-side asserts, no host synchronisation, a RuntimeError
+naming the argument at the next synchronisation (the same cost model as a
+compiled graph; on CPU tensors the assert is checked at once).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Sequence
+import contextlib
+import os
+import threading
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 
@@ -43,9 +53,36 @@ def check_tensor(name: str, x, *, min_dim: int = 1, float_only: bool = True) -> 
     return x
 
 
+ASYNC_CHECKS_ENV = "ELBO_KERNELS_ASYNC_CHECKS"
+_async = threading.local()
+
+
+@contextlib.contextmanager
+def async_value_checks(enabled: bool = True) -> Iterator[None]:
+    """Value checks (NaN/Inf, ranges) as device-side asserts inside the block: no host sync.
+
+    A failed check raises RuntimeError naming the argument at the next synchronisation
+    instead of ValueError with the offending values at the call. Thread-local; nests.
+    """
+    previous = getattr(_async, "enabled", None)
+    _async.enabled = bool(enabled)
+    try:
+        yield
+    finally:
+        _async.enabled = previous
+
+
+def _async_checks() -> bool:
+    enabled = getattr(_async, "enabled", None)
+    if enabled is None:
+        return os.environ.get(ASYNC_CHECKS_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
+    return enabled
+
+
 def compiling() -> bool:
-    """True while torch.compile traces the caller (value checks must not branch on data then)."""
-    return torch.compiler.is_compiling()
+    """True while torch.compile traces the caller (value checks must not branch on data then),
+    or when eager value checks are asked to be asynchronous (``async_value_checks``)."""
+    return torch.compiler.is_compiling() or _async_checks()
 
 
 def require_all(condition: torch.Tensor, message: str, got: Optional[Callable[[], str]] = None) -> None:

@@ -16,6 +16,8 @@ reference run in that dtype, plus a floor of 8 float32 (float64) ulps of the res
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -24,9 +26,25 @@ from elbo_kernels.ops._base import accumulation_dtype
 from elbo_kernels.ops._triton import interpreting
 from elbo_kernels.ops.noise import NoiseSeed
 
-DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
-LOW = [torch.bfloat16, torch.float16]
+# The device check (scripts/gpu_check.py) narrows the grid to what a GPU run must show in its
+# time budget: ELBO_KERNELS_TEST_DTYPES=float32,bfloat16 and ELBO_KERNELS_TEST_BACKENDS=triton,cuda.
+# Unset, every dtype and backend is a parameter.
+
+
+def _selected(env: str, names):
+    wanted = os.environ.get(env, "").replace(" ", "")
+    if not wanted:
+        return list(names)
+    unknown = set(wanted.split(",")) - {str(n).removeprefix("torch.") for n in names}
+    if unknown:
+        raise ValueError(f"{env}: unknown {sorted(unknown)}; choose from {[str(n) for n in names]}")
+    return [n for n in names if str(n).removeprefix("torch.") in wanted.split(",")]
+
+
+DTYPES = _selected("ELBO_KERNELS_TEST_DTYPES", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+LOW = [d for d in (torch.bfloat16, torch.float16) if d in DTYPES]
 FUSED_BACKENDS = ("cpu", "cuda", "triton")
+SELECTED_BACKENDS = _selected("ELBO_KERNELS_TEST_BACKENDS", FUSED_BACKENDS)
 
 
 def device_of(backend: str) -> str:
@@ -49,7 +67,7 @@ def _why_not(backend: str) -> str:
 def backend_params(*backends: str):
     """pytest params for ``backends`` (default: every fused one), skipped where one cannot run."""
     params = []
-    for name in backends or FUSED_BACKENDS:
+    for name in [b for b in backends or FUSED_BACKENDS if b in SELECTED_BACKENDS]:
         reason = _why_not(name)
         params.append(pytest.param(name, id=name, marks=pytest.mark.skipif(bool(reason), reason=reason)))
     return params

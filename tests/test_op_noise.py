@@ -26,11 +26,20 @@ def test_matches_torch_reference_to_a_few_ulp(backend, seed, offset, shape):
     got = op("generate_noise", backend)(torch.empty(shape, device=device), seed, offset)
     ref = generate_noise(shape, NoiseSeed(seed, offset), device=device)
     assert got.dtype == torch.float32 and got.shape == shape
-    # Philox and the uniforms are exact; log / cos differ by the math library's last bits.
-    torch.testing.assert_close(got, ref, rtol=6e-7, atol=1e-6)
-    if backend != "triton":  # libm / CUDA's log and cos round like the reference in most elements;
-        # Triton's (numpy float32 in the interpreter, libdevice on a GPU) in about three quarters.
-        assert (got == ref).double().mean() > 0.9
+    # Philox, the uniforms and 2 pi u2 are exact and rounded alike; log and cos are not correctly
+    # rounded everywhere. The reference rounds log, sqrt and cos once each (<= u/2 relative, u =
+    # 2^-23); CUDA documents logf <= 1 ulp, sqrtf correctly rounded and cosf <= 2 ulp (CUDA C++
+    # Programming Guide, "Mathematical Functions"; libdevice, which Triton calls, is the same
+    # library), glibc's logf / cosf < 1 ulp. So the kernel's r = sqrt(-2 log u1) is off by at most
+    # u/2 (log, halved by sqrt) + u/2 (its rounding), cos by 2u, the product by u/2: 3.5u against
+    # the reference's 1.5u, and |got - ref| <= 5u |ref| to first order, elementwise.
+    # The interpreter's numpy float32 log / cos document no bound: the old tolerance there.
+    if device == "cpu" and backend == "triton":
+        torch.testing.assert_close(got, ref, rtol=6e-7, atol=1e-6)
+    else:
+        bound = 5 * 2.0**-23 * ref.double().abs() * (1 + 1e-3) + 1e-30
+        excess = ((got.double() - ref.double()).abs() - bound).max().item()
+        assert excess <= 0, f"noise exceeds the 5u relative bound by {excess:g} somewhere"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

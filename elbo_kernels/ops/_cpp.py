@@ -17,6 +17,9 @@ csrc/elbo_ops.cpp) with CPU kernels and, where built, CUDA kernels. Each op file
 
 Environment:
   ELBO_KERNELS_REQUIRE_CPP=1   a failed build raises (also from cpu_status()); CI sets it.
+  ELBO_KERNELS_BUILD_CPP=0     neither build nor load the extension (the cpu and cuda
+                               backends report themselves disabled; the device check sets
+                               it after a failed build so that later steps do not retry it).
   ELBO_KERNELS_BUILD_CUDA=0|1  force the CUDA kernels off / on. Unset: built when torch
                                is a CUDA build and nvcc is found (a GPU is not needed).
   TORCH_CUDA_ARCH_LIST         CUDA architectures (read by torch's builder). Unset and
@@ -31,6 +34,8 @@ Environment:
 
 Command line:
   python -m elbo_kernels.ops._cpp                     build (if needed) and print the status
+                                                      (exit 1: no C++ kernels; with --require-cuda,
+                                                      exit 2: C++ CPU kernels but no CUDA kernels)
   python -m elbo_kernels.ops._cpp --prebuild DIR      ahead-of-time build into DIR (setup.py uses it)
   python -m elbo_kernels.ops._cpp --compile-cuda-only [-o FILE.o]
       compile csrc/cuda_kernels.cu to an object with nvcc -c against the installed
@@ -210,6 +215,9 @@ def prebuild(root: Path) -> List[Path]:
 
 
 def _attempt() -> _BuildOutcome:
+    if _env_flag("ELBO_KERNELS_BUILD_CPP") is False:
+        msg = "disabled by ELBO_KERNELS_BUILD_CPP=0"
+        return _BuildOutcome(BackendStatus(False, msg), BackendStatus(False, msg), msg)
     src = csrc_dir()
     if src is None:
         msg = "C++ sources not found (looked for csrc/ at the repository root and inside the package)"
@@ -383,6 +391,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("-o", "--output", type=Path, default=None, help="object file for --compile-cuda-only")
     parser.add_argument("--prebuild", type=Path, default=None, metavar="DIR",
                         help="build every variant ahead of time into DIR (the package's _prebuilt/ at install)")
+    parser.add_argument("--require-cuda", action="store_true",
+                        help="exit 2 when the C++ CPU kernels load but the CUDA kernels do not")
     args = parser.parse_args(argv)
     if args.prebuild is not None:
         for directory in prebuild(args.prebuild):
@@ -399,7 +409,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     print("cpu: ", cpu_status())
     print("cuda:", cuda_status())
-    return 0 if cpu_status() else 1
+    if not cpu_status():
+        return 1
+    return 2 if args.require_cuda and not cuda_status() else 0
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ contract, keeps fusion (``FAST``).
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Tuple
 
 import torch
@@ -66,11 +67,19 @@ FAST = True
 CHUNK_OVERRIDE = None
 
 
+# ELBO_KERNELS_TRITON_AUTOTUNE=0: the elementwise kernels run one config (the first of
+# _GPU_BLOCKS) instead of timing all of them per shape. Same bits (they are elementwise), a
+# quarter of the compiles: what a correctness run that compiles hundreds of shapes wants
+# (scripts/gpu_check.py sets it for its test step, never for its benchmark).
+AUTOTUNE_ENV = "ELBO_KERNELS_TRITON_AUTOTUNE"
+
+
 def autotune_configs():
     """Configs of the elementwise kernels (their results do not depend on the config)."""
     if interpreting():
         return [triton.Config({"BLOCK": _INTERPRET_BLOCK}, num_warps=4)]
-    return [triton.Config({"BLOCK": b}, num_warps=w) for b, w in _GPU_BLOCKS]
+    blocks = _GPU_BLOCKS[:1] if os.environ.get(AUTOTUNE_ENV, "1").strip() == "0" else _GPU_BLOCKS
+    return [triton.Config({"BLOCK": b}, num_warps=w) for b, w in blocks]
 
 
 def reduce_launch(dtype: torch.dtype) -> dict:

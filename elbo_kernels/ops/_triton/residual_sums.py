@@ -23,6 +23,8 @@ would no longer give the bits of the tensor generated from it.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -154,6 +156,14 @@ def _residual_sums_bwd_kernel(
         tl.store(grad_v_ptr + row * D + cols, _common.cast_to(grad, grad_v_ptr.dtype.element_ty), mask=mask)
 
 
+@functools.lru_cache(maxsize=64)
+def _blend_coefficients(g: float, acc: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(g, 1 - g, 1 + g) rounded once from Python doubles, as the reference does, in the
+    accumulation dtype (a kernel's float argument would be float32). Cached per device: building
+    it from a list is a blocking host-to-device copy, which every call would otherwise pay."""
+    return torch.tensor([g, 1.0 - g, 1.0 + g], dtype=acc, device=device)
+
+
 class _Launch:
     """Row views, strides, flags and the beta scalars shared by forward and backward."""
 
@@ -177,9 +187,7 @@ class _Launch:
                 x = _common.rows(x)
             self.optional[name] = x
         self.has_nft = v_old is not None and nft_beta > 0
-        g = float(nft_beta)
-        # (g, 1 - g, 1 + g) rounded once from Python doubles, as the reference does.
-        self.beta = torch.tensor([g, 1.0 - g, 1.0 + g], dtype=self.acc, device=v.device)
+        self.beta = _blend_coefficients(float(nft_beta), self.acc, v.device)
 
     def ptr_and_stride(self, name):
         x = self.optional[name]
