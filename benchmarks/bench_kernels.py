@@ -8,7 +8,18 @@ For each op (forward + backward where the op has a gradient) and shape, times
 
 and reports the median time, achieved GB/s from the bytes the op must move (its
 bandwidth floor), the machine's measured copy bandwidth, the ratio to the
-floor, and peak memory. Writes kernels_<device>.json with a PNG plot and a markdown
+floor, and peak memory.
+
+What each variant pays is what a training loop pays, nothing more: the eager and
+fused variants run inside ``ek.async_value_checks()`` (their NaN/range checks are
+device-side asserts, as in a compiled graph, instead of a host sync per check);
+the compiled variant is compiled for static shapes, afresh for each shape (no
+dynamic-shape recompiles, no cache limit reached across sizes), warmed up, and
+timed last. On a GPU the default sizes are N = 64 and 432 of [N, 16, 64, 64]
+(16 MiB per fp32 tensor at 64): a row whose traffic fits in the L2 cache is
+marked ``fits_in_l2``, since its GB/s is not comparable with the copy bandwidth.
+The JSON is rewritten after every row, so a run stopped early (Ctrl-C, SIGINT
+from a time limit) keeps what it measured. Writes kernels_<device>.json with a PNG plot and a markdown
 table to outputs/bench/ (not tracked by git); --save writes them to the committed
 benchmarks/results/ instead, for a run meant to replace the published numbers.
 
@@ -20,7 +31,9 @@ benchmarks/results/ instead, for a run meant to replace the published numbers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import statistics
 import sys
@@ -32,6 +45,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT.parent))  # the checkout's package, also when nothing is installed (the device check)
 
 import elbo_kernels as ek  # noqa: E402
 from memory import peak_bytes  # noqa: E402
@@ -131,25 +145,44 @@ def copy_bandwidth(device: str, nbytes: int = 1 << 28, repeats: int = 10) -> flo
 
 
 def variants(device: str) -> List[str]:
-    names = ["eager", "compiled"]
+    """eager, the usable fused backends, then compiled (timed last: its compile workers and
+    caches must not sit beside the other variants' timings)."""
+    names = ["eager"]
     usable = ek.available_backends()
     for backend in (("cpu",) if device == "cpu" else ("triton", "cuda")):
         if usable[backend]:
             names.append(backend)
-    return names
+    return names + ["compiled"]
 
 
 def run_variant(op: str, variant: str, inp: dict, device: str, repeats: int) -> dict:
     make, _ = OPS[op]
-    if variant == "eager":
-        run = make(inp, "torch")
-    elif variant == "compiled":
-        run = torch.compile(make(inp, "torch"))
+    if variant == "compiled":
+        torch._dynamo.reset()  # a fresh static-shape compile per shape (no recompile limit, no dynamic shapes)
+        run = torch.compile(make(inp, "torch"), dynamic=False)
+        checks = contextlib.nullcontext()
     else:
-        run = make(inp, variant)
+        run = make(inp, "torch" if variant == "eager" else variant)
+        checks = ek.async_value_checks()
     step = forward_backward(run, inp["v"])
-    seconds = median_seconds(step, repeats, device)
-    return {"seconds": seconds, "peak_bytes": peak_bytes(step, device)}
+    with checks:
+        seconds = median_seconds(step, repeats, device)
+        return {"seconds": seconds, "peak_bytes": peak_bytes(step, device)}
+
+
+def l2_bytes(device: str) -> int:
+    """The GPU's L2 cache size (0 on CPU, where the benchmark does not mark cache-resident rows)."""
+    if device != "cuda":
+        return 0
+    return int(getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0))
+
+
+def write_json(path: Path, result: dict) -> None:
+    """Atomic rewrite: a reader (or a run killed mid-write) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> dict:
@@ -160,56 +193,73 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=None, help="JSON path (default outputs/bench/kernels_<device>.json)")
     parser.add_argument("--save", action="store_true",
                         help="write to the committed benchmarks/results/ (replacing the published results)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="batch sizes N (default 8 16 32 64)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                        help="batch sizes N (default: 8 16 32 64 on CPU, 64 432 on a GPU)")
+    parser.add_argument("--ops", nargs="+", default=None, choices=list(OPS), help="only these ops (default: all)")
     parser.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--variants", nargs="+", default=None,
                         help="only these of eager, compiled and the fused backends (default: all usable)")
     args = parser.parse_args(argv)
     device = args.device
-    sizes = args.sizes or ([32] if args.quick else [8, 16, 32, 64])
+    sizes = args.sizes or ([32] if args.quick else [8, 16, 32, 64] if device == "cpu" else [64, 432])
     dtypes = [getattr(torch, d) for d in args.dtypes] if args.dtypes else (
         [torch.float32] if args.quick else [torch.float32, torch.bfloat16])
     repeats = args.repeats or (3 if args.quick else 7)
     bandwidth = copy_bandwidth(device)
     machine = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or platform.machine()}, " \
         f"{torch.get_num_threads()} threads"
-    print(f"device {device} ({machine}); copy bandwidth {bandwidth / 1e9:.1f} GB/s")
-    rows = []
-    for op, (_, bytes_fn) in OPS.items():
-        for dtype in dtypes:
-            for n in sizes:
-                inp = make_inputs(n, dtype, device)
-                m = n * LATENT[0] * LATENT[1] * LATENT[2]
-                floor_bytes = bytes_fn(m, inp["v"].element_size())
-                floor_seconds = floor_bytes / bandwidth
-                for variant in [v for v in variants(device) if not args.variants or v in args.variants]:
-                    result = run_variant(op, variant, inp, device, repeats)
-                    row = {
-                        "op": op, "dtype": str(dtype).removeprefix("torch."), "shape": [n, *LATENT],
-                        "variant": variant, **result, "bytes": floor_bytes,
-                        "gbps": floor_bytes / result["seconds"] / 1e9,
-                        "x_floor": result["seconds"] / floor_seconds,
-                    }
-                    rows.append(row)
-                    print(f"{op:<12} {row['dtype']:<9} N={n:<3} {variant:<9} {result['seconds'] * 1e3:9.2f} ms "
-                          f"{row['gbps']:7.1f} GB/s  {row['x_floor']:6.2f}x floor  "
-                          f"peak {result['peak_bytes'] / 2**20:8.1f} MiB", flush=True)
-    for row in rows:
-        eager = next(r for r in rows if r["variant"] == "eager" and
-                     (r["op"], r["dtype"], r["shape"]) == (row["op"], row["dtype"], row["shape"]))
-        row["speedup_vs_eager"] = eager["seconds"] / row["seconds"]
+    l2 = l2_bytes(device)
+    print(f"device {device} ({machine}); copy bandwidth {bandwidth / 1e9:.1f} GB/s"
+          + (f"; L2 {l2 / 2**20:.0f} MiB" if l2 else ""))
+    rows: List[dict] = []
     result = {
         "device": device, "machine": machine, "torch": torch.__version__, "copy_bandwidth_gbps": bandwidth / 1e9,
-        "latent": list(LATENT), "repeats": repeats, "rows": rows,
+        "l2_bytes": l2, "latent": list(LATENT), "repeats": repeats, "complete": False, "rows": rows,
     }
     out = output_path(args, device)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    try:
+        for op in args.ops or list(OPS):
+            for dtype in dtypes:
+                for n in sizes:
+                    rows.extend(measure(op, dtype, n, device, repeats, bandwidth, l2, args.variants))
+                    write_json(out, result)
+    except KeyboardInterrupt:  # a time limit's SIGINT: keep the rows measured so far
+        print(f"interrupted: {len(rows)} rows measured; {out} keeps them", file=sys.stderr, flush=True)
+        write_json(out, result)
+        raise SystemExit(130)
+    result["complete"] = True
+    write_json(out, result)
     plot(result, out.with_suffix(".png"))
     out.with_suffix(".md").write_text(table(result))
     print(table(result))
     print(f"wrote {out} and its .png and .md")
     return result
+
+
+def measure(op, dtype, n, device, repeats, bandwidth, l2, only) -> List[dict]:
+    """One (op, dtype, N): every variant, with the speedup over eager filled in."""
+    inp = make_inputs(n, dtype, device)
+    m = n * LATENT[0] * LATENT[1] * LATENT[2]
+    floor_bytes = OPS[op][1](m, inp["v"].element_size())
+    rows = []
+    for variant in [v for v in variants(device) if not only or v in only]:
+        result = run_variant(op, variant, inp, device, repeats)
+        row = {
+            "op": op, "dtype": str(dtype).removeprefix("torch."), "shape": [n, *LATENT],
+            "variant": variant, **result, "bytes": floor_bytes,
+            "gbps": floor_bytes / result["seconds"] / 1e9,
+            "x_floor": result["seconds"] / (floor_bytes / bandwidth),
+            "fits_in_l2": bool(l2) and floor_bytes <= l2,
+        }
+        rows.append(row)
+        print(f"{op:<12} {row['dtype']:<9} N={n:<3} {variant:<9} {result['seconds'] * 1e3:9.2f} ms "
+              f"{row['gbps']:7.1f} GB/s  {row['x_floor']:6.2f}x floor  "
+              f"peak {result['peak_bytes'] / 2**20:8.1f} MiB" + ("  (fits in L2)" if row["fits_in_l2"] else ""),
+              flush=True)
+    eager = next((r for r in rows if r["variant"] == "eager"), None)
+    for row in rows:
+        row["speedup_vs_eager"] = eager["seconds"] / row["seconds"] if eager else None
+    return rows
 
 
 def output_path(args: argparse.Namespace, device: str) -> Path:
@@ -237,7 +287,7 @@ def table(result: dict) -> str:
     for key in dict.fromkeys((r["op"], r["dtype"], r["shape"][0]) for r in rows):
         sel = {r["variant"]: r for r in rows if (r["op"], r["dtype"], r["shape"][0]) == key}
         best = min((sel[n] for n in fused), key=lambda r: r["seconds"], default=None)
-        speed = f"{best['speedup_vs_eager']:.1f}x" if best else "-"
+        speed = f"{best['speedup_vs_eager']:.1f}x" if best and best["speedup_vs_eager"] else "-"
         floor = f"{best['x_floor']:.2f}" if best else "-"
         lines.append(
             f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(f"{sel[n]['seconds'] * 1e3:.2f}" for n in names)

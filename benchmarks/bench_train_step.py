@@ -14,8 +14,12 @@ step per estimator on random latents and prompt embeddings of the real shapes
                with grad (two with CFG: conditional + unconditional) and the
                fused sde_step log-prob; PPO clip; backward per step -> AdamW.
 
-Reports seconds and peak memory per optimizer step and per sample, writes JSON.
+Reports seconds and peak memory per optimizer step and per sample, writes JSON
+(rewritten after every row, so a run stopped by a time limit's SIGINT keeps what
+it measured). The weights are created on the device itself (no 2.5B-parameter
+initialisation on the host). Latents are 64x64 (512 px, the study's resolution).
 ``--smoke`` uses a 2-layer, narrow transformer and 8x8 latents (CPU, seconds).
+Needs diffusers; without it the script says so in one line and exits 3.
 
     python benchmarks/bench_train_step.py --out results.json            # GPU, SD3.5-M
     python benchmarks/bench_train_step.py --smoke --device cpu          # CI
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,7 +40,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 import elbo_kernels as ek  # noqa: E402
-from elbo_kernels.models.lora import add_lora  # noqa: E402
+
+EXIT_NO_DIFFUSERS = 3
 
 # stabilityai/stable-diffusion-3.5-medium transformer/config.json (the fields that shape compute).
 SD35_MEDIUM = dict(
@@ -54,8 +60,12 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", 
 def build(config: dict, dtype: torch.dtype, device: str, rank: int):
     from diffusers import SD3Transformer2DModel
 
+    from elbo_kernels.models.lora import add_lora
+
     torch.manual_seed(0)
-    model = SD3Transformer2DModel(**config).to(device=device, dtype=dtype)
+    with torch.device(device):  # initialised where it runs: seconds on a GPU, not minutes on the host
+        model = SD3Transformer2DModel(**config)
+    model = model.to(dtype=dtype)
     model.requires_grad_(False)
     add_lora(model, LORA_TARGETS, rank=rank, alpha=2 * rank, adapter_names=("default", "old"))
     for name, p in model.named_parameters():
@@ -145,18 +155,24 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--smoke", action="store_true", help="2-layer transformer, 8x8 latents")
-    parser.add_argument("--batch", type=int, default=None, help="samples per optimizer step (default 4, smoke 2)")
+    parser.add_argument("--batch", type=int, default=None, help="samples per optimizer step (default 2)")
     parser.add_argument("--draws", type=int, default=None, help="ELBO draws K per sample (default 4, smoke 2)")
     parser.add_argument("--steps", type=int, default=None, help="trajectory SDE steps T (default 10, smoke 2)")
-    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per row after one warm-up (default 2)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    try:
+        import diffusers  # noqa: F401
+    except ImportError as exc:
+        print(f"bench_train_step: diffusers is not importable ({exc}); it builds the SD3 transformer. "
+              "Install it, or carry wheels to a machine without an index (scripts/gpu_wheels.sh).", file=sys.stderr)
+        raise SystemExit(EXIT_NO_DIFFUSERS)
     device = args.device
     config = SMOKE if args.smoke else SD35_MEDIUM
     dtype = torch.float32 if args.smoke else torch.bfloat16
-    batch, k = args.batch or (2 if args.smoke else 4), args.draws or (2 if args.smoke else 4)
-    steps, repeats = args.steps or (2 if args.smoke else 10), args.repeats or (1 if args.smoke else 3)
-    size = config["sample_size"]
+    batch, k = args.batch or 2, args.draws or (2 if args.smoke else 4)
+    steps, repeats = args.steps or (2 if args.smoke else 10), args.repeats or (1 if args.smoke else 2)
+    size = 8 if args.smoke else 64  # 512 px; sample_size (128) is the 1024 px default of the config
     tokens, width = (8, config["joint_attention_dim"]) if args.smoke else (333, 4096)
     g = torch.Generator().manual_seed(0)
     data = (torch.randn(batch, 16, size, size, generator=g).to(device, dtype),
@@ -166,23 +182,38 @@ def main(argv=None) -> dict:
     model = build(config, dtype, device, rank=4 if args.smoke else 32)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     rows = []
+    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+              "config": "smoke" if args.smoke else "SD3.5-Medium", "dtype": str(dtype), "batch": batch,
+              "draws": k, "steps": steps, "repeats": repeats, "latent": [16, size, size],
+              "lora_rank": 4 if args.smoke else 32, "complete": False, "rows": rows}
     runs = [("elbo", f"K={k}", lambda: elbo_step(model, opt, data, k))]
     for cfg in (False, True):
         runs.append(("trajectory", f"T={steps} cfg={'on' if cfg else 'off'}",
                      lambda cfg=cfg: trajectory_step(model, opt, data, steps, cfg)))
-    for name, detail, fn in runs:
-        result = timed(fn, device, repeats)
-        row = {"estimator": name, "detail": detail, **result, "seconds_per_sample": result["seconds"] / batch}
-        rows.append(row)
-        peak = f"{row['peak_bytes'] / 2**30:.1f} GiB" if row["peak_bytes"] else "n/a"
-        print(f"{name:<11} {detail:<16} {row['seconds']:8.3f} s/step  {row['seconds_per_sample']:8.3f} s/sample  "
-              f"peak {peak}", flush=True)
-    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-              "config": "smoke" if args.smoke else "SD3.5-Medium", "dtype": str(dtype), "batch": batch,
-              "latent": [16, size, size], "lora_rank": 4 if args.smoke else 32, "rows": rows}
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
+    try:
+        for name, detail, fn in runs:
+            timing = timed(fn, device, repeats)
+            row = {"estimator": name, "detail": detail, **timing, "seconds_per_sample": timing["seconds"] / batch}
+            rows.append(row)
+            peak = f"{row['peak_bytes'] / 2**30:.1f} GiB" if row["peak_bytes"] else "n/a"
+            print(f"{name:<11} {detail:<16} {row['seconds']:8.3f} s/step  {row['seconds_per_sample']:8.3f} s/sample  "
+                  f"peak {peak}", flush=True)
+            _write(args.out, result)
+    except KeyboardInterrupt:  # a time limit's SIGINT: keep the rows measured so far
+        print(f"interrupted after {len(rows)} rows", file=sys.stderr, flush=True)
+        _write(args.out, result)
+        raise SystemExit(130)
+    result["complete"] = True
+    _write(args.out, result)
     return result
+
+
+def _write(path, result: dict) -> None:
+    if path is None:
+        return
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
