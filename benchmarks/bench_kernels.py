@@ -218,9 +218,10 @@ def main(argv=None) -> dict:
     }
     out = output_path(args, device)
     try:
-        for op in args.ops or list(OPS):
+        # Sizes outermost, in the order given: a run stopped by a time limit has every op at the first size.
+        for n in sizes:
             for dtype in dtypes:
-                for n in sizes:
+                for op in args.ops or list(OPS):
                     rows.extend(measure(op, dtype, n, device, repeats, bandwidth, l2, args.variants))
                     write_json(out, result)
     except KeyboardInterrupt:  # a time limit's SIGINT: keep the rows measured so far
@@ -284,7 +285,9 @@ def table(result: dict) -> str:
         "|" + "---|" * (3 + 2 * len(names) + 2),
     ]
     fused = [n for n in names if n not in ("eager", "compiled")]
-    for key in dict.fromkeys((r["op"], r["dtype"], r["shape"][0]) for r in rows):
+    keys = dict.fromkeys((r["op"], r["dtype"], r["shape"][0]) for r in rows)
+    op_order = {op: i for i, op in enumerate(OPS)}
+    for key in sorted(keys, key=lambda k: (op_order.get(k[0], 99), k[1], k[2])):
         sel = {r["variant"]: r for r in rows if (r["op"], r["dtype"], r["shape"][0]) == key}
         best = min((sel[n] for n in fused), key=lambda r: r["seconds"], default=None)
         speed = f"{best['speedup_vs_eager']:.1f}x" if best and best["speedup_vs_eager"] else "-"
@@ -310,7 +313,8 @@ def plot(result: dict, path: Path) -> None:
         for j, op in enumerate(ops):
             ax = axes[i, j]
             for variant in dict.fromkeys(r["variant"] for r in rows):
-                sel = [r for r in rows if (r["op"], r["dtype"], r["variant"]) == (op, dtype, variant)]
+                sel = sorted((r for r in rows if (r["op"], r["dtype"], r["variant"]) == (op, dtype, variant)),
+                             key=lambda r: r["shape"][0])
                 ax.plot([r["shape"][0] for r in sel], [r["gbps"] for r in sel], "o-", label=variant)
             ax.axhline(result["copy_bandwidth_gbps"], color="grey", ls=":", label="copy bandwidth")
             ax.set_title(f"{op} fwd+bwd, {dtype}")

@@ -224,7 +224,8 @@ def steps_for(args, python: str, env: Dict[str, str], out: Path) -> List[Step]:
         train = ["--smoke", "--device", "cpu"]
         build = [python, "-m", "elbo_kernels.ops._cpp"]
     else:
-        bench = ["--device", "cuda", "--sizes", "64", "432", "--dtypes", "float32", "bfloat16", "--repeats", "10"]
+        # N = 432 first (48 prompts x 9 draws, far beyond L2): what a stopped run must not miss.
+        bench = ["--device", "cuda", "--sizes", "432", "64", "--dtypes", "bfloat16", "float32", "--repeats", "10"]
         train = ["--device", "cuda"]
         build = [python, "-m", "elbo_kernels.ops._cpp", "--require-cuda"]
     return [
