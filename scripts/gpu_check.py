@@ -278,6 +278,8 @@ def check(args) -> int:
     print(f"gpu_check: {summary['mode']}; {wheels}; machine {json.dumps(summary['machine'])}", flush=True)
     failures = 0
     for step in steps_for(args, python, env, out):
+        if args.steps and step.name not in args.steps:
+            continue
         if step.name == "train_step" and probe(python, step.env, "import diffusers", ROOT) is None:
             result = {"step": step.name, "verdict": "skipped", "seconds": 0, "limit": step.limit,
                       "tail": ["diffusers is not importable here: carry it as wheels (scripts/gpu_wheels.sh)"]}
@@ -336,7 +338,7 @@ def rehearse(args) -> int:
               "nothing installed: use an interpreter without it (PYTHON=...)", file=sys.stderr)
         return 1
     cmd = [args.python, str(copy / "scripts" / "gpu_check.py"), "--child", "--rehearse", "--out", str(out),
-           "--python", args.python]
+           "--python", args.python] + (["--steps", *args.steps] if args.steps else [])
     isolate = shutil.which("unshare")
     if isolate and subprocess.run([isolate, "-n", "true"], capture_output=True).returncode == 0:
         cmd = [isolate, "-n"] + cmd
@@ -374,6 +376,8 @@ def main(argv=None) -> int:
                         help="where the results go (default $OUT, else ./gpu_check_out)")
     parser.add_argument("--python", default=os.environ.get("PYTHON") or "python3",
                         help="the interpreter the steps run (default $PYTHON, else python3)")
+    parser.add_argument("--steps", nargs="+", default=None, choices=list(DEVICE_LIMITS),
+                        help="only these steps (a second run on a warm machine: the failed ones)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rehearse and not args.child:
