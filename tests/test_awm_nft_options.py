@@ -221,3 +221,38 @@ def test_trainer_with_awms_options_keeps_an_anchor_adapter_blended_as_awm(tmp_pa
     trainer.update_old_and_ema()
     for key, value in adapter("anchor").items():
         torch.testing.assert_close(value, 0.2 * anchor[key] + 0.8 * current[key], rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- recorded old-policy ELBOs
+
+
+@pytest.mark.parametrize("backend", ["torch"] + FUSED)
+def test_elbo_old_recorded_earlier_gives_the_loss_of_v_old(backend):
+    """AWM records the old policy's ELBOs before its updates; passing them equals passing v_old."""
+    v0, v_old, v_ref, x0, eps, t, adv, v_anchor = anchored()
+    kwargs = dict(objective="grpo", weighting="ghuber", kl="girsanov", beta=0.3, clip_range=0.02, v_anchor=v_anchor,
+                  anchor_beta=0.7, backend=backend)
+    recorded = ek.elbo(v_old, x0, eps, t, weighting="ghuber", backend="torch")
+    grads, losses = [], []
+    for old in (dict(v_old=v_old), dict(v_old=None, elbo_old=recorded)):
+        v = v0.clone().requires_grad_()
+        loss, stats = ek.policy_loss(v, old.pop("v_old"), v_ref, x0, eps, t, adv, **old, **kwargs)
+        loss.backward()
+        grads.append(v.grad)
+        losses.append((loss.detach(), stats["clipfrac"], stats["approx_kl"]))
+    for a, b in zip(*losses):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-14)
+
+
+def test_elbo_old_errors_are_named():
+    v0, v_old, v_ref, x0, eps, t, adv, _ = anchored()
+    recorded = torch.zeros(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="pass v_old or elbo_old"):
+        ek.policy_loss(v0, v_old, v_ref, x0, eps, t, adv, elbo_old=recorded)
+    with pytest.raises(ValueError, match="elbo_old cannot stand in for v_old with objective 'nft'"):
+        ek.policy_loss(v0, None, v_ref, x0, eps, t, adv.clamp(0, 1), objective="nft", elbo_old=recorded)
+    with pytest.raises(ValueError, match="elbo_old must have shape \\[4\\]"):
+        ek.policy_loss(v0, None, v_ref, x0, eps, t, adv, elbo_old=recorded[:3])
+    with pytest.raises(ValueError, match="elbo_old"):
+        ek.policy_loss(v0, None, v_ref, x0, eps, t, adv, elbo_old=torch.full((4,), float("nan"), dtype=torch.float64))

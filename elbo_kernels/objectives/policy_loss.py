@@ -58,14 +58,15 @@ def policy_loss(
     v_anchor: Optional[torch.Tensor] = None,
     anchor_beta: float = 0.0,
     anchor_kl: str = "girsanov",
+    elbo_old: Optional[torch.Tensor] = None,
     backend: str = "auto",
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Policy loss on per-draw ELBO estimates, with its statistics.
 
     Args:
         v: current-policy velocities [N, *S] at (x_t, t); gradients flow to v only.
-        v_old: old-policy velocities at the same x_t [N, *S] (no gradient). May be None only for
-            the objectives whose record says needs_old_policy=False ("epg_noratio", "awm").
+        v_old: old-policy velocities at the same x_t [N, *S] (no gradient). May be None for the
+            objectives whose record says needs_old_policy=False ("epg_noratio", "awm"), or with elbo_old.
         v_ref: reference-model velocities [N, *S] (no gradient); required when ``kl`` is set and
             beta > 0, ignored otherwise.
         x0: [N, *S] or [B, *S] with N = B * K (draw n uses x0[n // K], not copied).
@@ -88,6 +89,9 @@ def policy_loss(
         anchor_beta: weight of the anchor KL (>= 0; 0 = no anchor term).
         anchor_kl: the anchor's KL, "girsanov" (mean_D (v - v_anchor)^2; AWM's kl_ema_weight
             "Uniform") or "girsanov_sde" (that over 2 s(t)^2; AWM's "ELBO").
+        elbo_old: the old policy's ELBOs e_old [N] (no gradient), in place of v_old, when they were
+            computed earlier under the same weighting and draws (AWM records them in a no-grad pass
+            before its updates). Not with v_old, nor with the objectives that blend velocities ("nft").
         backend: "auto", "torch", "cpu", "cuda" or "triton".
     Returns:
         (loss, stats): loss a 0-dim tensor (float32; float64 for float64 inputs); stats a dict of
@@ -112,9 +116,18 @@ def policy_loss(
     if use_anchor and v_anchor is None:
         raise ValueError(f"v_anchor is required for anchor_beta={anchor_beta} > 0 (pass anchor_beta=0 to disable)")
     v_anchor = v_anchor if use_anchor else None
-    if v_old is None and record.needs_old_policy:
+    if elbo_old is not None:
+        if v_old is not None:
+            raise ValueError("pass v_old or elbo_old (the old policy's velocities or its ELBOs), not both")
+        if record.blend:
+            raise ValueError(f"elbo_old cannot stand in for v_old with objective {record.name!r}: it blends the "
+                             "old velocities")
+        elbo_old = check_per_draw("elbo_old", elbo_old, v.shape[0], v.device)
+        check_finite("elbo_old", elbo_old)
+    elif v_old is None and record.needs_old_policy:
         free = tuple(name for name, other in OBJECTIVES.items() if not other.needs_old_policy)
-        raise ValueError(f"v_old is required for objective {record.name!r} (only {free} work without it)")
+        raise ValueError(f"v_old is required for objective {record.name!r}, or elbo_old (only {free} work "
+                         "without either)")
     use_kl = kl is not None and beta > 0
     if use_kl and v_ref is None:
         raise ValueError(f"v_ref is required for kl={kl!r} with beta={beta} > 0 (pass kl=None or beta=0 to disable)")
@@ -133,7 +146,10 @@ def policy_loss(
     check_finite_through(sums, "the residual sums", v=v, v_old=v_old, v_ref=v_ref, x0=x0, noise=noise)
     d = row_count(v.shape)
     e_theta = elbo_from_sums(sums, t, d, weighting, "S")
-    e_old = elbo_from_sums(sums, t, d, weighting, "O") if v_old is not None else e_theta.detach()
+    if v_old is not None:
+        e_old = elbo_from_sums(sums, t, d, weighting, "O")
+    else:
+        e_old = e_theta.detach() if elbo_old is None else elbo_old.detach().to(e_theta.dtype)
     draws = Draws(
         e_theta=e_theta,
         e_old=e_old,
