@@ -68,23 +68,14 @@ from ..estimators import noising, sde_step_coefficients, sde_step_log_prob
 from ..objectives import log_prob_policy_loss
 from ..ops.noise import NoiseSeed, generate_noise
 from ..sampling.guidance import apply_guidance
+from ._config import option
 
 ESTIMATORS = ("trajectory", "elbo")
 SEED_KEY = "elbo_seeds"
 
 
 # --- config access ------------------------------------------------------------------------------------
-def _option(config, path: str, default):
-    """config.a.b (ml_collections / namespaces / dicts), or default when absent."""
-    node = config
-    for part in path.split("."):
-        if node is None:
-            return default
-        if isinstance(node, dict):
-            node = node.get(part)
-        else:
-            node = getattr(node, part, None)
-    return default if node is None else node
+_option = option
 
 
 def estimator(config) -> str:
