@@ -256,3 +256,40 @@ def test_elbo_old_errors_are_named():
         ek.policy_loss(v0, None, v_ref, x0, eps, t, adv, elbo_old=recorded[:3])
     with pytest.raises(ValueError, match="elbo_old"):
         ek.policy_loss(v0, None, v_ref, x0, eps, t, adv, elbo_old=torch.full((4,), float("nan"), dtype=torch.float64))
+
+
+# ----------------------------------------------------------------------------- advantages and the official configs
+
+
+def test_standard_advantages_take_the_scale_so_that_awms_clip_then_divide_is_a_config():
+    rewards = torch.tensor([0.0, 1.0, 1.0, 1.0, 0.2, 0.9, 0.4, 0.4], dtype=torch.float64)
+    prompts = ["a"] * 4 + ["b"] * 4
+    scaled = ek.group_advantages(rewards, prompts, mode="standard", scale=0.2)
+    expected = []
+    for group in (rewards[:4], rewards[4:]):  # written out: (R - mean) / (population std + 1e-4)
+        expected.append((group - group.mean()) / (group.std(unbiased=False) + 1e-4))
+    expected = torch.cat(expected)
+    torch.testing.assert_close(scaled, 0.2 * expected)
+    # AWM: clip(A, -5, 5) * advantage_max / 5 with advantage_max 1 == clip(0.2 A, -1, 1)
+    torch.testing.assert_close(scaled.clamp(-1, 1), expected.clamp(-5, 5) / 5)
+
+
+@pytest.mark.parametrize("name,objective", [("diffusion_nft_geneval.yaml", "nft"), ("awm_geneval.yaml", "grpo")])
+def test_official_configs_validate_and_are_the_design_space_methods(name, objective):
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    config = TrainConfig.from_yaml(root / "configs" / name).validate()
+    assert config.objective == objective
+    header = (root / "configs" / name).read_text().split("\n\n")[0]
+    assert "commit" in header and "github.com/" in header  # the source is cited
+    sys.path.insert(0, str(root / "benchmarks"))
+    from design_space_methods import method_table
+
+    entry = method_table()["diffusionnft" if objective == "nft" else "awm"]
+    values = yaml.safe_load((root / "configs" / name).read_text())
+    assert entry["published"] == (values.pop("lr"), values.pop("beta"))
+    assert entry["overrides"] == values

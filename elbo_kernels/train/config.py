@@ -120,7 +120,8 @@ class TrainConfig:
                                      "d = min(rate*step, anchor_decay_max) (AWM's 'linear' kl_ema_decay_type)"})
     anchor_decay_max: float = field(default=0.3, metadata={"help": "cap of the anchor decay d (AWM: 0.3)"})
     advantage_mode: str = field(default="exact", metadata={"help": "standard | exact | nft"})
-    advantage_scale: float = field(default=1.0, metadata={"help": "scale of the exact advantage"})
+    advantage_scale: float = field(default=1.0, metadata={"help": "scale of the exact and standard advantages "
+                                   "(AWM: 0.2 with adv_clip_max 1, i.e. clip(A, -5, 5) / 5)"})
     advantage_std: str = field(default="group", metadata={"help": "std of the standard / nft advantages: group (per "
                                "prompt) | global (all rewards of the batch, FlowGRPO's global_std)"})
     backend: str = field(default="auto", metadata={"help": "kernel backend: auto | torch | cpu | cuda | triton"})
