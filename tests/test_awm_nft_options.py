@@ -15,7 +15,7 @@ import torch
 import elbo_kernels as ek
 from elbo_kernels.estimators import sample_timesteps, weighting_record
 from elbo_kernels.train import TrainConfig, Trainer
-from elbo_kernels.train.errors import ConfigError
+from elbo_kernels.train.errors import ConfigError, ResumeError
 from reference import central_difference_gradient, naive_elbo, naive_policy_loss
 from test_policy_loss import batch
 from test_train import small
@@ -293,3 +293,24 @@ def test_official_configs_validate_and_are_the_design_space_methods(name, object
     values = yaml.safe_load((root / "configs" / name).read_text())
     assert entry["published"] == (values.pop("lr"), values.pop("beta"))
     assert entry["overrides"] == values
+
+
+def test_a_run_with_the_anchor_resumes_exactly(tmp_path):
+    """The anchor adapter is checkpointed with the others: an interrupted run ends where a straight one does."""
+    from safetensors.torch import load_file
+
+    def anchor_weights(run_dir):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return load_file(f"{summary['final_checkpoint']}/adapters/anchor/adapter_model.safetensors")
+
+    options = dict(objective="grpo", weighting="ghuber", anchor_beta=1.0, anchor_decay_rate=0.2, lr=0.05,
+                   advantage_mode="standard")
+    Trainer(small(tmp_path, "straight", **options)).fit()
+    Trainer(small(tmp_path, "split", epochs=2, **options)).fit()
+    Trainer(small(tmp_path, "split", resume=True, **options)).fit()
+    straight, split = anchor_weights(tmp_path / "straight"), anchor_weights(tmp_path / "split")
+    assert straight.keys() == split.keys() and straight
+    for key in straight:
+        assert torch.equal(straight[key], split[key]), key
+    with pytest.raises(ResumeError, match="anchor_beta: checkpoint 1.0, now 0.5"):
+        Trainer(small(tmp_path, "split", resume=True, **dict(options, anchor_beta=0.5))).fit()
