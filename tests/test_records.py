@@ -205,7 +205,7 @@ def _naive_advantages(rewards, groups, mode, scale, m):
         for i in rows:
             centred = 0.0 if flat else rewards[i] - mean
             standard = centred / (std + 1e-4)
-            out[i] = {"standard": standard, "exact": scale * centred, "rwr": rewards[i],
+            out[i] = {"standard": scale * standard, "exact": scale * centred, "rwr": rewards[i],
                       "nft": min(max(standard, -m), m) / m / 2 + 0.5}[mode]
     return out
 
