@@ -10,10 +10,14 @@ value comes from, and every remaining deviation, is in docs/design_space.md.
                       the current policy, clip 1e-4, beta 0.04, lr 3e-4; evaluated with CFG 4.5, 40 steps
     flowgrpo_nocfg    the same with CFG 1 everywhere (rollouts, training, evaluation): the comparable
                       baseline on a task where the base model with CFG is already at the target
-    diffusionnft      DiffusionNFT: nft objective on the ELBO residuals, optimality-probability advantages
-                      (per-prompt std), ODE rollouts without CFG, K = 4, no KL (beta 0), lr 1e-4
-    awm               AWM: ratio (PPO-clip, clip 1) on the simple-weighted ELBO, ODE, K = 6, global-std
-                      advantages clipped to 1, beta 1e-4, lr 3e-4
+    diffusionnft      DiffusionNFT's SD3.5-M GenEval config (configs/diffusion_nft_geneval.yaml): nft objective
+                      on the ELBO residuals, optimality-probability advantages with the global std, DPM2 ODE
+                      rollouts without CFG, K = 9 of 10 grid steps, beta 1e-4, lr 3e-4
+    awm               AWM's SD3.5-M GenEval config (configs/awm_geneval.yaml): ratio (PPO-clip, clip 1) on the
+                      ghuber (p = 0.25) ELBO, ODE, 14 steps, K = 6 (one per stratum of steps 1-11), global-std
+                      advantages clip(A, -5, 5) / 5, beta 1e-3, KL to an EMA anchor (weight 1), lr 3e-4
+                      (both configs replaced Flow-Factory-derived ones after the recorded results in
+                      benchmarks/results/; issue 23 reruns them)
     recipe            the study's recipe at its defaults (configs/study_recipe.yaml): ELBO pepg + ODE,
                       K = 9 on the grid, A = 0.1 (R - mean), lr 3e-4, beta 1e-4, grad clip 5
     recipe_sde        the same with SDE rollouts (the study's "ELBO + SDE vs ODE" comparison)
@@ -25,7 +29,10 @@ within a few percent of pepg in the previous study (benchmarks/results/design_sp
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict
+
+import yaml
 
 EVAL_STEPS = 40  # every method is deployed (evaluated) with 40 ODE steps, as FlowGRPO / the study evaluate SD3.5
 
@@ -35,16 +42,17 @@ FLOWGRPO = dict(
     trajectory_step_order="first", inner_steps=2, rollout_policy="current", clip_range=1e-4, adv_clip_max=5.0,
     grad_clip=1.0, eval_num_steps=EVAL_STEPS, eval_guidance_scale=4.5,
 )
-DIFFUSIONNFT = dict(
-    estimator="elbo", objective="nft", advantage_mode="nft", weighting="adaptive", sampler="ode",
-    guidance_scale=1.0, draws_per_sample=4, timestep_sampler="grid", nft_beta=1.0, adv_clip_max=5.0,
-    grad_clip=1.0, eval_num_steps=EVAL_STEPS, eval_guidance_scale=1.0,
-)
-AWM = dict(
-    estimator="elbo", objective="grpo", weighting="simple", sampler="ode", guidance_scale=1.0,
-    draws_per_sample=6, timestep_sampler="grid", advantage_mode="standard", advantage_std="global",
-    adv_clip_max=1.0, clip_range=1.0, grad_clip=1.0, eval_num_steps=EVAL_STEPS, eval_guidance_scale=1.0,
-)
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _official(name: str) -> tuple:
+    """(overrides, (lr, beta)) of a method's official GenEval config in configs/ (its header cites the source)."""
+    values = yaml.safe_load((CONFIGS / name).read_text())
+    return values, (values.pop("lr"), values.pop("beta"))
+
+
+DIFFUSIONNFT, DIFFUSIONNFT_PUBLISHED = _official("diffusion_nft_geneval.yaml")
+AWM, AWM_PUBLISHED = _official("awm_geneval.yaml")
 RECIPE = dict(
     estimator="elbo", objective="pepg", weighting="adaptive", sampler="ode", guidance_scale=1.0,
     draws_per_sample=9, timestep_sampler="grid", advantage_mode="exact", advantage_scale=0.1, grad_clip=5.0,
@@ -82,10 +90,10 @@ def method_table() -> Dict[str, dict]:
         "flowgrpo_nocfg": entry(dict(FLOWGRPO, guidance_scale=1.0, eval_guidance_scale=1.0),
                                 "FlowGRPO (SD3 config, no CFG)", 3e-4, 4e-2, 120,
                                 "as flowgrpo, with CFG 1 in rollouts, training and evaluation"),
-        "diffusionnft": entry(dict(DIFFUSIONNFT), "DiffusionNFT", 1e-4, 0.0, 30,
-                              "Flow-Factory examples/nft/lora/sd3_5/default.yaml (5f6cda1) and the DiffusionNFT paper"),
-        "awm": entry(dict(AWM), "AWM", 3e-4, 1e-4, 30,
-                     "Flow-Factory examples/awm/lora/sd3_5/default.yaml (5f6cda1) and the AWM paper"),
+        "diffusionnft": entry(dict(DIFFUSIONNFT), "DiffusionNFT", *DIFFUSIONNFT_PUBLISHED, 30,
+                              "DiffusionNFT 24af555 config/nft.py sd3_geneval (configs/diffusion_nft_geneval.yaml)"),
+        "awm": entry(dict(AWM), "AWM", *AWM_PUBLISHED, 30,
+                     "AWM be51372 config/dgx_awm.py geneval_sd3_no_cfg_1node (configs/awm_geneval.yaml)"),
         "recipe": entry(dict(RECIPE), "ELBO pepg + ODE (study recipe)", 3e-4, 1e-4, 30,
                         "arXiv 2602.04663 defaults (configs/study_recipe.yaml)"),
         "recipe_sde": dict(entry(dict(RECIPE, sampler="sde"), "ELBO pepg + SDE", 3e-4, 1e-4, 30,

@@ -122,7 +122,8 @@ def draw(state: Setup, method: dict, k: int, generators, proposal):
     from elbo_kernels.train.policy_step import draw_timesteps, share_within_groups
 
     cfg = SimpleNamespace(draws_per_sample=k, noise_mode=method.get("noise_mode", "iid"),
-                          timestep_sampler=method.get("timestep_sampler", "grid"),
+                          timestep_sampler=method.get("timestep_sampler", "grid"), timestep_first_step=1,
+                          timestep_last_step=None,
                           timestep_proposal=",".join(f"{q:.6g}" for q in proposal) if method.get("importance") else None)
     t, w = draw_timesteps(cfg, state.grid, generators)
     shape = tuple(state.x0.shape[1:])

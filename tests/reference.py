@@ -26,10 +26,17 @@ def naive_elbo_draw(v, x0, eps, t, weighting, v_sg=None):
     x0_hat = x_t - t * v
     err = x0_hat - x0  # = t * (u - v)
     r = (eps - x0) - v
+    power = 0.25
+    if isinstance(weighting, tuple):  # ("ghuber", power)
+        weighting, power = weighting
     if weighting == "simple":
         return -(r**2).mean()
-    if weighting == "t":
+    if weighting == "t_squared":  # the x0-space error
         return -(err**2).mean()
+    if weighting == "t_linear":
+        return -t * (r**2).mean()
+    if weighting == "ghuber":  # AWM: -t ((mse + 1e-10)^p - (1e-10)^p) / p
+        return -t * (((r**2).mean() + 1e-10) ** power - 1e-10 ** power) / power
     if weighting == "path_kl":
         return -((1 - t) / (t + 1e-3)) * (r**2).mean()
     if weighting == "adaptive":
@@ -57,9 +64,21 @@ def naive_nft_loss_draw(v, v_old, x0, eps, t, weighting, g, v_sg):
     )
 
 
+def sde_kl_variance(t):
+    """AWM's "ELBO" KL weight divides by 2 std^2, std = sqrt(t / (1 - clamp(t, 0, 0.99))) * 0.7."""
+    return (math.sqrt(t / (1 - min(max(t, 0.0), 0.99))) * 0.7) ** 2
+
+
+def naive_velocity_kl(v, v_other, t, kl):
+    k = ((v - v_other) ** 2).mean()
+    return k / (2 * sde_kl_variance(t)) if kl == "girsanov_sde" else k
+
+
 def naive_policy_loss(v, v_old, v_ref, x0, eps, t, adv, *, objective, weighting, kl, beta,
-                      clip_range=1e-3, adv_clip_max=5.0, nft_beta=1.0, v_sg=None):
-    """Mean per-draw objective + beta * mean KL; stop-gradient values come from v_sg (default v)."""
+                      clip_range=1e-3, adv_clip_max=5.0, nft_beta=1.0, v_sg=None,
+                      v_anchor=None, anchor_beta=0.0, anchor_kl="girsanov"):
+    """Mean per-draw objective + beta * mean KL (+ anchor_beta * mean anchor KL); stop-gradient
+    values come from v_sg (default v)."""
     n = v.shape[0]
     v_sg = v.detach() if v_sg is None else v_sg
     x0 = expand_x0(x0, n)
@@ -98,8 +117,8 @@ def naive_policy_loss(v, v_old, v_ref, x0, eps, t, adv, *, objective, weighting,
             e_ref = naive_elbo_draw(v_ref[i], x0[i], eps[i], ti, weighting)
             d = e - e_ref
             base = kl.replace("_iw", "")
-            if kl == "girsanov":
-                k = ((v[i] - v_ref[i]) ** 2).mean()
+            if kl in ("girsanov", "girsanov_sde"):
+                k = naive_velocity_kl(v[i], v_ref[i], ti, kl)
             elif base == "kl1":
                 k = d
             elif base == "kl2":
@@ -112,6 +131,9 @@ def naive_policy_loss(v, v_old, v_ref, x0, eps, t, adv, *, objective, weighting,
     loss = torch.stack(per_draw).mean()
     if kl is not None:
         loss = loss + beta * torch.stack(kls).mean()
+    if anchor_beta > 0:
+        anchors = [naive_velocity_kl(v[i], v_anchor[i], float(t[i]), anchor_kl) for i in range(n)]
+        loss = loss + anchor_beta * torch.stack(anchors).mean()
     return loss
 
 

@@ -48,7 +48,7 @@ def test_loss_and_gradient_match_naive_reference(objective, weighting, kl):
 
 
 @pytest.mark.parametrize("objective", ["epg_noratio", "par_noratio", "grpo", "awm"])
-@pytest.mark.parametrize("weighting", ["simple", "t", "path_kl"])
+@pytest.mark.parametrize("weighting", ["simple", "t_squared", "t_linear", "path_kl", "ghuber"])
 def test_gradcheck_where_there_is_no_stop_gradient(objective, weighting):
     v, v_old, v_ref, x0, eps, t, adv = batch(objective=objective)
     v.requires_grad_()

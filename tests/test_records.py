@@ -105,10 +105,10 @@ def test_the_loss_takes_records_resolved_once_as_it_takes_names(objective):
     g = torch.Generator().manual_seed(3)
     v_old, v_ref = (v + 0.1 * torch.randn(v.shape, generator=g, dtype=v.dtype) for _ in range(2))
     advantages = torch.tensor([0.1, 0.9, 0.5, 0.0], dtype=torch.float64)
-    by_name = policy_loss(v, v_old, v_ref, x0, eps, t, advantages, objective=objective, weighting="t",
+    by_name = policy_loss(v, v_old, v_ref, x0, eps, t, advantages, objective=objective, weighting="t_squared",
                           backend="torch")
     by_record = policy_loss(v, v_old, v_ref, x0, eps, t, advantages, objective=objective_record(objective),
-                            weighting=weighting_record("t"), backend="torch")
+                            weighting=weighting_record("t_squared"), backend="torch")
     torch.testing.assert_close(by_record[0], by_name[0], rtol=0, atol=0)
     assert by_record[1].keys() == by_name[1].keys()
 
@@ -157,8 +157,12 @@ def _naive_weighting(name, mean_abs, mean_sq, t):
     # Independent of estimators/elbo.py: the module docstring's formulas written out.
     if name == "simple":
         return -mean_sq
-    if name == "t":
+    if name == "t_squared":
         return -(t * t) * mean_sq
+    if name == "t_linear":
+        return -t * mean_sq
+    if name == "ghuber":  # AWM's generalised Huber at its default power 1/4
+        return -t * (torch.sqrt(torch.sqrt(mean_sq + 1e-10)) - 1e-10 ** 0.25) * 4
     if name == "path_kl":
         return -(1 - t) / (t + 1e-3) * mean_sq
     return -(t * t) * mean_sq / torch.clamp(t * mean_abs, min=1e-5)
@@ -201,7 +205,7 @@ def _naive_advantages(rewards, groups, mode, scale, m):
         for i in rows:
             centred = 0.0 if flat else rewards[i] - mean
             standard = centred / (std + 1e-4)
-            out[i] = {"standard": standard, "exact": scale * centred, "rwr": rewards[i],
+            out[i] = {"standard": scale * standard, "exact": scale * centred, "rwr": rewards[i],
                       "nft": min(max(standard, -m), m) / m / 2 + 0.5}[mode]
     return out
 

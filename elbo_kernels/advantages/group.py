@@ -4,7 +4,7 @@ For the rewards R of one group (the samples of one prompt), with mean m and
 population standard deviation s (over all rewards with global_std=True), the
 modes of advantages/modes.py:
 
-    standard   A = (R - m) / (s + 1e-4)
+    standard   A = scale * (R - m) / (s + 1e-4)   (FlowGRPO: scale 1; AWM: 0.2 with a clip at 1)
     exact      A = scale * (R - m)            (the study's default: scale 0.1, no std)
     nft        p = clip(A_std, -M, M) / M / 2 + 1/2 in [0, 1], A_std the standard form,
                M = adv_clip_max: DiffusionNFT's optimality probability
@@ -51,7 +51,7 @@ def group_advantages(
         rewards: [N] float tensor, finite.
         group_ids: [N] integer tensor or a sequence of N hashables (e.g. the prompt strings).
         mode: "standard", "exact" or "nft".
-        scale: multiplier of the "exact" mode.
+        scale: multiplier of the "exact" and "standard" modes.
         global_std: "standard"/"nft": divide by the std of all rewards instead of the group's.
         adv_clip_max: M of the "nft" mapping.
     Returns:

@@ -5,7 +5,8 @@ For the rewards R of one group, its mean m and population standard deviation s (
 computes them: the group's for ``group_advantages``, the prompt's accumulated rewards for the
 tracker), and the centred rewards c = R - m (exact zeros for a group with no spread):
 
-    standard   A = c / (s + 1e-4)                          (FlowGRPO's "grpo")
+    standard   A = scale * c / (s + 1e-4)                  (FlowGRPO's "grpo" at scale 1; AWM's configs
+                                                           use 1/5 with the clip at 1: clip(A, -5, 5) / 5)
     exact      A = scale * c                               (the study's default: scale 0.1, no std)
     nft        p = clip(A_standard, -M, M) / M / 2 + 1/2   in [0, 1], M = adv_clip_max: DiffusionNFT's
                optimality probability
@@ -29,7 +30,7 @@ ADVANTAGE_KINDS = {"real": "any real numbers", "probability": "optimality probab
 
 
 def _standard(rewards, centred, std, scale: float, adv_clip_max: float):
-    return centred / (std + STD_EPS)
+    return scale * centred / (std + STD_EPS)
 
 
 def _exact(rewards, centred, std, scale: float, adv_clip_max: float):
@@ -38,7 +39,7 @@ def _exact(rewards, centred, std, scale: float, adv_clip_max: float):
 
 def _nft(rewards, centred, std, scale: float, adv_clip_max: float):
     m = adv_clip_max
-    return _standard(rewards, centred, std, scale, m).clip(-m, m) / m / 2 + 0.5
+    return _standard(rewards, centred, std, 1.0, m).clip(-m, m) / m / 2 + 0.5
 
 
 def _rwr(rewards, centred, std, scale: float, adv_clip_max: float):

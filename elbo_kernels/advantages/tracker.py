@@ -6,7 +6,7 @@ the rewards just given, from the prompt's accumulated statistics (mean_prompt, s
 the std of all given rewards with global_std) and the formulas of advantages/modes.py
 (the same as ``group_advantages``):
 
-    standard (FlowGRPO's "grpo")   A = (R - mean_prompt) / (std_prompt + 1e-4)
+    standard (FlowGRPO's "grpo")   A = scale * (R - mean_prompt) / (std_prompt + 1e-4)   (scale 1 by default)
     exact                          A = scale * (R - mean_prompt)
     nft                            p = clip(A_standard, -M, M) / M / 2 + 1/2
     rwr                            A = R

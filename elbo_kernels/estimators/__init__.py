@@ -1,6 +1,6 @@
 """Likelihood estimators: the ELBO (weightings, timestep and noise sampling) and the SDE trajectory."""
 
-from .elbo import WEIGHTINGS, Weighting, elbo, elbo_from_moments, noising, weighting_record
+from .elbo import DEPRECATED_WEIGHTINGS, WEIGHTINGS, Weighting, elbo, elbo_from_moments, ghuber, noising, weighting_record
 from .importance import grid_importance_timesteps, proposal_from_second_moments, scale_row_gradients
 from .timesteps import NOISE_MODES, TIMESTEP_SAMPLERS, sample_noise, sample_timesteps
 from .trajectory import SDE_TYPES, sde_step_coefficients, sde_step_log_prob
@@ -14,6 +14,8 @@ __all__ = [
     "Weighting",
     "weighting_record",
     "WEIGHTINGS",
+    "DEPRECATED_WEIGHTINGS",
+    "ghuber",
     "elbo",
     "elbo_from_moments",
     "noising",

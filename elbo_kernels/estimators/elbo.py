@@ -8,9 +8,12 @@ Per-draw estimates e (log pi up to a theta-free constant; "mean" is over the D
 latent elements of a draw):
 
     simple    e = -mean(r^2)
-    t         e = -mean((t r)^2)
+    t_squared e = -t^2 mean(r^2) = -mean((x0_hat - x0)^2)   (the x0-space error; "t" is its old name)
+    t_linear  e = -t mean(r^2)                                (AWM's "t")
     path_kl   e = -((1 - t) / (t + 1e-3)) mean(r^2)
     adaptive  e = -mean((t r)^2) / a,   a = stopgrad(max(mean(|t r|), 1e-5))     (default)
+    ghuber    e = -t ((mean(r^2) + d)^p - d^p) / p,   d = 1e-10, p = power (0.25 default)
+              (AWM's generalised Huber: p = 1 is t_linear; small p flattens large errors)
 
 "path_kl" is the continuous-time variational bound itself: with lambda = log(alpha^2 /
 sigma^2) = 2 log((1 - t) / t), the diffusion ELBO -1/2 E[lambda'(t) ||eps - eps_hat||^2]
@@ -23,6 +26,9 @@ field of p_theta). The other weightings reweight t, so they are surrogates of
 log p_theta rather than bounds on it; "adaptive" also normalises each draw's
 scale (the study's default), which is what the policy objectives want.
 
+"t" meant t^2 mean(r^2) here and t mean(r^2) in AWM's code; it still resolves to
+"t_squared", with a DeprecationWarning.
+
 Everything an estimate needs from the [N, D] tensors is two row sums,
 S1 = sum |r| and S2 = sum r^2 (ops/residual_sums.py computes them fused); the
 weightings below are scalar functions of mean|r| = S1 / D and mean r^2 = S2 / D.
@@ -30,8 +36,11 @@ weightings below are scalar functions of mean|r| = S1 / D and mean r^2 = S2 / D.
 
 from __future__ import annotations
 
+import functools
+import math
+import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
 
@@ -52,14 +61,26 @@ from ..ops.residual_sums import COLUMN, residual_sums
 
 ADAPTIVE_FLOOR = 1e-5
 PATH_KL_EPS = 1e-3
+GHUBER_DELTA = 1e-10  # AWM's offset: keeps the power's derivative finite at a zero residual
+GHUBER_POWER = 0.25  # AWM's published GenEval and OCR configs
 
 
 def _simple(mean_abs: torch.Tensor, mean_sq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return -mean_sq
 
 
-def _t(mean_abs: torch.Tensor, mean_sq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def _t_squared(mean_abs: torch.Tensor, mean_sq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return -t.square() * mean_sq
+
+
+def _t_linear(mean_abs: torch.Tensor, mean_sq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return -t * mean_sq
+
+
+def _ghuber(mean_abs: torch.Tensor, mean_sq: torch.Tensor, t: torch.Tensor, *, power: float) -> torch.Tensor:
+    # A function of mean r^2 alone, so it is a per-draw scale of the fused op's S2 column: the
+    # gradient stays the one elementwise pass alpha_b r (alpha_b = t (mean r^2 + d)^(p - 1) * 2 / D).
+    return -t * ((mean_sq + GHUBER_DELTA).pow(power) - GHUBER_DELTA ** power) / power
 
 
 def _path_kl(mean_abs: torch.Tensor, mean_sq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -75,27 +96,60 @@ def _adaptive(mean_abs: torch.Tensor, mean_sq: torch.Tensor, t: torch.Tensor) ->
 
 @dataclass(frozen=True)
 class Weighting:
-    """One weighting of the per-draw ELBO (module docstring): e = estimate(mean|r|, mean r^2, t)."""
+    """One weighting of the per-draw ELBO (module docstring): e = estimate(mean|r|, mean r^2, t).
+
+    power: the exponent p of "ghuber" (None for the other weightings).
+    """
 
     name: str
     estimate: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    power: Optional[float] = None
 
     def __call__(self, mean_abs: torch.Tensor, mean_sq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.estimate(mean_abs, mean_sq, t.to(mean_sq.dtype))
 
 
+def ghuber(power: float = GHUBER_POWER) -> Weighting:
+    """AWM's generalised-Huber weighting with exponent ``power`` (module docstring).
+
+    Raises ValueError naming 'power' unless it is a finite number > 0.
+    """
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not math.isfinite(power) or power <= 0:
+        raise ValueError(f"power must be a finite number > 0 (ghuber's exponent; AWM uses 0.25), got {power!r}")
+    return Weighting("ghuber", functools.partial(_ghuber, power=float(power)), power=float(power))
+
+
 WEIGHTING_RECORDS: Dict[str, Weighting] = {
-    w.name: w for w in (Weighting("simple", _simple), Weighting("t", _t), Weighting("path_kl", _path_kl),
-                        Weighting("adaptive", _adaptive))
+    w.name: w for w in (Weighting("simple", _simple), Weighting("t_squared", _t_squared),
+                        Weighting("t_linear", _t_linear), Weighting("path_kl", _path_kl),
+                        Weighting("adaptive", _adaptive), ghuber())
 }
 WEIGHTINGS = tuple(WEIGHTING_RECORDS)
+DEPRECATED_WEIGHTINGS = {"t": "t_squared"}  # old name -> the name it means
 
 
-def weighting_record(weighting: Union[str, Weighting]) -> Weighting:
-    """The record of ``weighting`` (a name or a record); ValueError naming 'weighting' otherwise."""
+def weighting_record(weighting: Union[str, Weighting], power: Optional[float] = None) -> Weighting:
+    """The record of ``weighting`` (a name or a record).
+
+    ``power`` sets ghuber's exponent (None: 0.25); it is an error with any other weighting.
+    The old name "t" gives "t_squared" with a DeprecationWarning.
+    Raises ValueError naming 'weighting' (unknown name) or 'power'.
+    """
     if isinstance(weighting, Weighting):
+        if power is not None and power != weighting.power:
+            raise ValueError(f"power={power!r} conflicts with the weighting record {weighting.name!r} "
+                             f"(power {weighting.power!r}); pass the name, or ghuber(power)")
         return weighting
-    check_choice("weighting", weighting, WEIGHTINGS)
+    if weighting in DEPRECATED_WEIGHTINGS:
+        new = DEPRECATED_WEIGHTINGS[weighting]
+        warnings.warn(f"weighting {weighting!r} is deprecated: it means {new!r} (t^2 mean(r^2)); AWM's 't' "
+                      "(t mean(r^2)) is 't_linear'", DeprecationWarning, stacklevel=3)
+        weighting = new
+    check_choice("weighting", weighting, WEIGHTINGS + tuple(DEPRECATED_WEIGHTINGS))
+    if weighting == "ghuber":
+        return ghuber(GHUBER_POWER if power is None else power)
+    if power is not None:
+        raise ValueError(f"power is ghuber's exponent; weighting {weighting!r} takes none, got power={power!r}")
     return WEIGHTING_RECORDS[weighting]
 
 
@@ -154,7 +208,7 @@ def elbo(
     noise: Union[torch.Tensor, NoiseSeed],
     t,
     *,
-    weighting: str = "adaptive",
+    weighting: Union[str, Weighting] = "adaptive",
     backend: str = "auto",
 ) -> torch.Tensor:
     """Per-draw ELBO estimate e_theta (module docstring has the formulas).
@@ -166,7 +220,8 @@ def elbo(
             x0[n // K] (the K draws of a sample are consecutive rows); never copied.
         noise: eps [N, *S] used to make x_t, or a NoiseSeed(seed, offset) to regenerate it.
         t: [N] timesteps in (0, 1] (a float is broadcast).
-        weighting: "simple", "t", "path_kl" or "adaptive".
+        weighting: a name of WEIGHTINGS ("simple", "t_squared", "t_linear", "path_kl", "adaptive",
+            "ghuber") or a :class:`Weighting` record such as ``ghuber(0.5)``.
         backend: "auto", "torch", "cpu", "cuda" or "triton".
     Returns:
         e [N], float32 (float64 for float64 inputs).

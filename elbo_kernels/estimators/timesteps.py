@@ -11,6 +11,9 @@ K draws of a sample are consecutive rows):
     sobol         t = t_min + (t_max - t_min) u, u a per-sample randomised Sobol set (estimators/qmc.py)
     grid_stratified  the grid values by a randomly shifted lattice: one in each block of M/K
                   neighbouring steps, each value chosen with probability K/M as by "grid" (estimators/qmc.py)
+    grid_strata   AWM's schedule: the grid steps first_step..last_step - 1 (rollout order, step 0 is
+                  t = 1) cut into K strata at floor(linspace(first_step, last_step, K + 1)), one step
+                  drawn uniformly in each (AWM's GenEval configs: steps 1-11 of 14, K = 6)
 
 Noise options return eps [B*K, *S]:
 
@@ -32,7 +35,7 @@ import torch
 from .._validation import check_choice, check_tensor
 from .qmc import grid_lattice_timesteps, sobol_noise, sobol_timesteps
 
-TIMESTEP_SAMPLERS = ("grid", "uniform", "logit_normal", "stratified", "sobol", "grid_stratified")
+TIMESTEP_SAMPLERS = ("grid", "uniform", "logit_normal", "stratified", "sobol", "grid_stratified", "grid_strata")
 NOISE_MODES = ("iid", "antithetic", "sobol")
 
 GeneratorLike = Union[torch.Generator, int, None]
@@ -61,6 +64,8 @@ def sample_timesteps(
     generator: GeneratorLike = None,
     device=None,
     paired: bool = False,
+    first_step: int = 1,
+    last_step: Optional[int] = None,
 ) -> torch.Tensor:
     """Timesteps t [B, K] for K draws per sample (module docstring lists the samplers).
 
@@ -73,6 +78,8 @@ def sample_timesteps(
         t_min, t_max: bounds for the continuous samplers, 0 < t_min < t_max <= 1.
         paired: draw K/2 timesteps and give each to two consecutive draws (K even), so that
             antithetic noise pairs (eps, -eps) share their t and can cancel.
+        first_step, last_step: for "grid_strata", the steps first_step <= j < last_step of the positive
+            grid in its given order (None: all of them); K <= last_step - first_step.
     Returns:
         float32 tensor [B, K] on ``device`` (grid's device for "grid").
     Raises:
@@ -88,8 +95,11 @@ def sample_timesteps(
         if draws_per_sample % 2:
             raise ValueError(f"paired timesteps need an even draws_per_sample, got {draws_per_sample}")
         half = sample_timesteps(batch_size, draws_per_sample // 2, sampler=sampler, grid=grid, t_min=t_min, t_max=t_max,
-                                logit_mean=logit_mean, logit_std=logit_std, generator=generator, device=device)
+                                logit_mean=logit_mean, logit_std=logit_std, generator=generator, device=device,
+                                first_step=first_step, last_step=last_step)
         return half.repeat_interleave(2, dim=1)
+    if sampler == "grid_strata":
+        return _grid_strata(batch_size, draws_per_sample, grid, first_step, last_step, _generator(generator, "cpu"))
     if sampler in ("grid", "grid_stratified"):
         if grid is None:
             raise ValueError(f"sampler {sampler!r} needs grid=<the rollout's sigma grid>")
@@ -116,6 +126,29 @@ def sample_timesteps(
         strata = torch.arange(draws_per_sample, dtype=torch.float32)
         t = t_min + (t_max - t_min) * (strata + torch.rand(shape, generator=gen)) / draws_per_sample
     return t.clamp_(min=t_min, max=t_max).to(device)
+
+
+def _grid_strata(batch_size, draws_per_sample, grid, first_step, last_step, gen) -> torch.Tensor:
+    if grid is None:
+        raise ValueError("sampler 'grid_strata' needs grid=<the rollout's sigma grid>")
+    check_tensor("grid", grid)
+    positive = grid[grid > 0].to(torch.float32)
+    last_step = positive.numel() if last_step is None else last_step
+    for name, value in (("first_step", first_step), ("last_step", last_step)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an int, got {value!r}")
+    if not 0 <= first_step < last_step <= positive.numel():
+        raise ValueError(f"first_step and last_step must satisfy 0 <= first_step < last_step <= {positive.numel()} "
+                         f"(the positive grid steps), got first_step={first_step}, last_step={last_step}")
+    if draws_per_sample > last_step - first_step:
+        raise ValueError(f"draws_per_sample={draws_per_sample} exceeds the {last_step - first_step} grid steps "
+                         f"{first_step}..{last_step - 1} that 'grid_strata' cuts into strata")
+    # Stratum edges: float32 linspace truncated to integers, as AWM's torch.linspace(...).long().
+    edges = torch.linspace(first_step, last_step, draws_per_sample + 1).long()
+    lower, width = edges[:-1], edges[1:] - edges[:-1]
+    u = torch.rand(batch_size, draws_per_sample, generator=gen, dtype=torch.float64)
+    index = lower + (u * width).floor().long()
+    return positive.cpu()[index].to(grid.device)
 
 
 def sample_noise(

@@ -47,7 +47,8 @@ Config keys read (all optional; FlowGRPO's own keys keep their meaning):
 
     train.estimator     "trajectory" (default) | "elbo"
     train.objective     "grpo" (default: FlowGRPO's PPO clip) or any ratio objective ("pepg", ...)
-    train.weighting     "adaptive" (default) | "simple" | "t" | "path_kl"   (ELBO mode)
+    train.weighting     "adaptive" (default) | "simple" | "t_squared" | "t_linear" | "path_kl" | "ghuber"   (ELBO mode;
+                        train.ghuber_power, 0.25, for "ghuber")
     train.backend       "auto" (default) | "torch" | "cpu" | "cuda" | "triton"
     train.cfg, train.beta, train.clip_range (1e-4), train.adv_clip_max (5.0),
     train.timestep_fraction (1.0), sample.num_steps, sample.noise_level (0.7),
@@ -64,27 +65,24 @@ import torch
 from ..advantages import PerPromptStatTracker as _Tracker
 from ..backends import resolve_backend
 from ..estimators import elbo as _elbo
-from ..estimators import noising, sde_step_coefficients, sde_step_log_prob
+from ..estimators import noising, sde_step_coefficients, sde_step_log_prob, weighting_record
 from ..objectives import log_prob_policy_loss
 from ..ops.noise import NoiseSeed, generate_noise
 from ..sampling.guidance import apply_guidance
+from ._config import option
 
 ESTIMATORS = ("trajectory", "elbo")
 SEED_KEY = "elbo_seeds"
 
 
 # --- config access ------------------------------------------------------------------------------------
-def _option(config, path: str, default):
-    """config.a.b (ml_collections / namespaces / dicts), or default when absent."""
-    node = config
-    for part in path.split("."):
-        if node is None:
-            return default
-        if isinstance(node, dict):
-            node = node.get(part)
-        else:
-            node = getattr(node, part, None)
-    return default if node is None else node
+_option = option
+
+
+def _weighting(config):
+    """config.train.weighting ("adaptive"), with config.train.ghuber_power (0.25) for "ghuber"."""
+    name = _option(config, "train.weighting", "adaptive")
+    return weighting_record(name, _option(config, "train.ghuber_power", None) if name == "ghuber" else None)
 
 
 def estimator(config) -> str:
@@ -287,7 +285,7 @@ def compute_elbo(transformer, pipeline, sample: Dict[str, torch.Tensor], embeds:
                                       encoder_hidden_states=hidden[rows], pooled_projections=pooled[rows],
                                       return_dict=False)[0])
     v = torch.cat(velocities).float()
-    e = _elbo(v, x0_float, eps, t, weighting=_option(config, "train.weighting", "adaptive"), backend=backend)
+    e = _elbo(v, x0_float, eps, t, weighting=_weighting(config), backend=backend)
     if return_x0_hat:
         view = (-1,) + (1,) * (x0.dim() - 1)
         x0_hat = (x_t - t.reshape(view) * v).reshape((b, k) + tuple(x0.shape[1:]))

@@ -369,12 +369,17 @@ class SD3Model(PipelineModel):
 
 
 # --- a tiny random SD3 pipeline, for tests and offline smoke runs -------------------------------------
-def save_tiny_pipeline(directory, *, seed: int = 0, sample_size: int = 8, max_length: int = 16) -> Path:
+def save_tiny_pipeline(directory, *, seed: int = 0, sample_size: int = 8, max_length: int = 16,
+                       with_t5: bool = False) -> Path:
     """Write a tiny random StableDiffusion3Pipeline to ``directory`` (``save_pretrained`` layout).
 
     Same classes as SD3.5 (SD3Transformer2DModel, AutoencoderKL with 16 latent channels,
     two CLIPTextModelWithProjection with a byte-level CLIPTokenizer, FlowMatchEulerDiscreteScheduler
-    with shift 3) at toy sizes, without T5 (recorded as null; the pipeline feeds zeros there).
+    with shift 3) at toy sizes, without T5 (recorded as null; the pipeline feeds zeros there) unless
+    ``with_t5``: then a tiny T5EncoderModel (d_model 16, relative positions, so any
+    max_sequence_length) reading the same byte-level tokenizer, for scripts that call all three
+    encoders themselves (FlowGRPO-family training scripts; their CLIP calls pad to 77 tokens, so
+    pass max_length=77 with them).
     ``SD3Model.load(directory, resolution=2 * sample_size)`` loads it like the real model; latents
     are (16, sample_size, sample_size), images 3 x 2*sample_size x 2*sample_size.
 
@@ -415,8 +420,15 @@ def save_tiny_pipeline(directory, *, seed: int = 0, sample_size: int = 8, max_le
             tokenizer=tokenizer,
             text_encoder_2=CLIPTextModelWithProjection(text_config),
             tokenizer_2=tokenizer,
-            text_encoder_3=None,
-            tokenizer_3=None,
+            text_encoder_3=_tiny_t5(len(vocab)) if with_t5 else None,
+            tokenizer_3=tokenizer if with_t5 else None,
         )
     pipeline.save_pretrained(str(directory))
     return directory
+
+
+def _tiny_t5(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    # d_model = 16 = the two tiny CLIP encoders' concatenated width, the transformer's joint_attention_dim.
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2))

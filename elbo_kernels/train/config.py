@@ -6,7 +6,9 @@ Every method of the design-space study is a configuration of the same loop:
     FlowGRPO           estimator=trajectory objective=grpo sampler=sde (configs/flowgrpo_sd3.yaml: its SD3
                        config's CFG, steps trained, inner_steps, advantage_std, rollout_policy, evaluation)
     DiffusionNFT       estimator=elbo objective=nft weighting=adaptive sampler=ode advantage_mode=nft
-    AWM                estimator=elbo objective=grpo weighting=simple sampler=ode
+                       advantage_std=global (configs/diffusion_nft_geneval.yaml: its GenEval config)
+    AWM                estimator=elbo objective=grpo weighting=ghuber timestep_sampler=grid_strata
+                       anchor_beta=1 (configs/awm_geneval.yaml: its GenEval config)
     ELBO + SDE         estimator=elbo sampler=sde
 
 ``validate()`` runs before any work and names the key, the value and what is allowed.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -24,15 +27,17 @@ import yaml
 
 from ..advantages import ADVANTAGE_KINDS, ADVANTAGE_MODE_RECORDS, ADVANTAGE_MODES
 from ..backends import BACKENDS
-from ..estimators import ESTIMATORS, NOISE_MODES, SDE_TYPES, TIMESTEP_SAMPLERS, WEIGHTINGS
+from ..estimators import DEPRECATED_WEIGHTINGS, ESTIMATORS, NOISE_MODES, SDE_TYPES, TIMESTEP_SAMPLERS, WEIGHTINGS
 from ..objectives import KL_ESTIMATORS, OBJECTIVES
+from ..objectives.kl import VELOCITY_KLS
 from ..sampling import ODE_METHODS
 from .errors import ConfigError
 from .trackers import REPORT_TO
 
 # Keys whose value may be None ("none" on the command line).
 OPTIONAL = ("kl", "stop_at", "prompts", "weights_dtype", "resolution", "shift", "frames", "guidance",
-            "lora_target_modules", "timestep_proposal", "trajectory_steps", "eval_num_steps", "eval_guidance_scale")
+            "lora_target_modules", "timestep_proposal", "trajectory_steps", "eval_num_steps", "eval_guidance_scale",
+            "timestep_last_step")
 SAMPLERS = ("ode", "sde")
 ON_NON_FINITE = ("skip", "raise")
 TASKS = ("digiteval", "digit_geneval")
@@ -87,7 +92,10 @@ class TrainConfig:
     trajectory_step_order: str = field(default="random", metadata={"help": "estimator trajectory: which steps are "
                                        "trained: random (a random subset per sample) | first (the first ones, in "
                                        "order, as FlowGRPO's timestep_fraction)"})
-    timestep_sampler: str = field(default="grid", metadata={"help": "grid | uniform | logit_normal | stratified | sobol | grid_stratified (docs/variance.md)"})
+    timestep_sampler: str = field(default="grid", metadata={"help": "grid | uniform | logit_normal | stratified | sobol | grid_stratified (docs/variance.md) | grid_strata (AWM: one grid step per stratum of timestep_first_step..timestep_last_step - 1)"})
+    timestep_first_step: int = field(default=1, metadata={"help": "grid_strata: first grid step used (step 0 is t = 1; AWM: 1)"})
+    timestep_last_step: Optional[int] = field(default=None, metadata={"help": "grid_strata: grid steps used end "
+                                              "before this one (none = num_steps; AWM: int(14 * 0.9) = 12)"})
     noise_mode: str = field(default="iid", metadata={"help": "iid | antithetic | sobol (docs/variance.md)"})
     timestep_proposal: Optional[str] = field(default=None, metadata={"help": "grid sampler: comma-separated relative "
                                              "probabilities of the positive grid steps (rollout order); t is drawn "
@@ -96,14 +104,24 @@ class TrainConfig:
     group_draws: bool = field(default=False, metadata={"help": "the samples of one prompt group use the same (t, eps) "
                               "draws: common random numbers across the group (docs/variance.md)"})
     objective: str = field(default="pepg", metadata={"help": "one of " + ", ".join(OBJECTIVES)})
-    weighting: str = field(default="adaptive", metadata={"help": "simple | t | path_kl | adaptive"})
-    kl: Optional[str] = field(default="girsanov", metadata={"help": "girsanov | kl1..kl3[_iw] | none"})
+    weighting: str = field(default="adaptive", metadata={"help": "simple | t_squared | t_linear | path_kl | adaptive | "
+                           "ghuber ('t' is the deprecated name of t_squared)"})
+    ghuber_power: float = field(default=0.25, metadata={"help": "weighting ghuber: its exponent p (AWM: 0.25)"})
+    kl: Optional[str] = field(default="girsanov", metadata={"help": "girsanov | girsanov_sde | kl1..kl3[_iw] | none"})
     beta: float = field(default=0.05, metadata={"help": "KL weight"})
     clip_range: float = field(default=1e-3, metadata={"help": "grpo clip range"})
     adv_clip_max: float = field(default=5.0, metadata={"help": "advantage clamp (grpo, awm), nft scale"})
     nft_beta: float = field(default=1.0, metadata={"help": "DiffusionNFT blend g"})
+    anchor_beta: float = field(default=0.0, metadata={"help": "weight of a KL to an anchor policy, an EMA of the "
+                               "trained one (AWM's ema_beta; 0 = off; estimator elbo)"})
+    anchor_kl: str = field(default="girsanov", metadata={"help": "the anchor's KL: girsanov (AWM's 'Uniform') | "
+                           "girsanov_sde (AWM's 'ELBO')"})
+    anchor_decay_rate: float = field(default=0.001, metadata={"help": "anchor <- d anchor + (1-d) new after each epoch, "
+                                     "d = min(rate*step, anchor_decay_max) (AWM's 'linear' kl_ema_decay_type)"})
+    anchor_decay_max: float = field(default=0.3, metadata={"help": "cap of the anchor decay d (AWM: 0.3)"})
     advantage_mode: str = field(default="exact", metadata={"help": "standard | exact | nft"})
-    advantage_scale: float = field(default=1.0, metadata={"help": "scale of the exact advantage"})
+    advantage_scale: float = field(default=1.0, metadata={"help": "scale of the exact and standard advantages "
+                                   "(AWM: 0.2 with adv_clip_max 1, i.e. clip(A, -5, 5) / 5)"})
     advantage_std: str = field(default="group", metadata={"help": "std of the standard / nft advantages: group (per "
                                "prompt) | global (all rewards of the batch, FlowGRPO's global_std)"})
     backend: str = field(default="auto", metadata={"help": "kernel backend: auto | torch | cpu | cuda | triton"})
@@ -173,8 +191,9 @@ class TrainConfig:
             "timestep_sampler": TIMESTEP_SAMPLERS,
             "noise_mode": NOISE_MODES,
             "objective": tuple(OBJECTIVES),
-            "weighting": WEIGHTINGS,
+            "weighting": WEIGHTINGS + tuple(DEPRECATED_WEIGHTINGS),
             "kl": KL_ESTIMATORS + (None,),
+            "anchor_kl": VELOCITY_KLS,
             "advantage_mode": ADVANTAGE_MODES,
             "backend": BACKENDS,
             "mixed_precision": ("no", "fp16", "bf16"),
@@ -194,13 +213,14 @@ class TrainConfig:
         for key in ("eval_every", "checkpoint_every", "micro_batch", "lora_rank", "seed", "num_threads"):
             value = getattr(self, key)
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, key, value, "an int >= 0")
-        for key in ("lr", "clip_range", "adv_clip_max", "nft_beta", "noise_level", "guidance_scale", "lora_alpha"):
+        for key in ("lr", "clip_range", "adv_clip_max", "nft_beta", "noise_level", "guidance_scale", "lora_alpha",
+                    "ghuber_power"):
             value = getattr(self, key)
             _require(_finite(value) and value > 0, key, value, "a finite number > 0")
-        for key in ("beta", "weight_decay", "grad_clip", "advantage_scale"):
+        for key in ("beta", "weight_decay", "grad_clip", "advantage_scale", "anchor_beta"):
             value = getattr(self, key)
             _require(_finite(value) and value >= 0, key, value, "a finite number >= 0")
-        for key in ("old_decay_rate", "old_decay_max", "ema_decay"):
+        for key in ("old_decay_rate", "old_decay_max", "ema_decay", "anchor_decay_rate", "anchor_decay_max"):
             value = getattr(self, key)
             _require(_finite(value) and 0 <= value < 1, key, value, "a number in [0, 1)")
         _require(self.seed < 2 ** 63, "seed", self.seed, "an int in [0, 2**63)")
@@ -240,6 +260,22 @@ class TrainConfig:
         if self.estimator == "elbo" and self.timestep_sampler in ("grid", "grid_stratified"):
             _require(self.draws_per_sample <= self.num_steps, "draws_per_sample", self.draws_per_sample,
                      f"<= num_steps ({self.num_steps}) with timestep_sampler {self.timestep_sampler!r} (K larger than the step grid)")
+        if self.weighting in DEPRECATED_WEIGHTINGS:
+            warnings.warn(f"config key 'weighting': {self.weighting!r} is deprecated, use "
+                          f"{DEPRECATED_WEIGHTINGS[self.weighting]!r} (same meaning; AWM's 't' is 't_linear')",
+                          DeprecationWarning, stacklevel=2)
+        if self.timestep_sampler == "grid_strata":
+            last = self.num_steps if self.timestep_last_step is None else self.timestep_last_step
+            _require(isinstance(self.timestep_first_step, int) and 0 <= self.timestep_first_step < self.num_steps,
+                     "timestep_first_step", self.timestep_first_step, f"an int in [0, num_steps = {self.num_steps})")
+            _require(isinstance(last, int) and self.timestep_first_step < last <= self.num_steps,
+                     "timestep_last_step", self.timestep_last_step,
+                     f"none or an int in (timestep_first_step, num_steps] = ({self.timestep_first_step}, {self.num_steps}]")
+            _require(self.draws_per_sample <= last - self.timestep_first_step, "draws_per_sample", self.draws_per_sample,
+                     f"<= {last - self.timestep_first_step}, the grid steps that 'grid_strata' cuts into strata")
+        if self.anchor_beta > 0:
+            _require(self.estimator == "elbo", "anchor_beta", self.anchor_beta,
+                     "0 with estimator 'trajectory' (the anchor KL is taken at the ELBO's draws)")
         if self.noise_mode == "antithetic":
             _require(self.draws_per_sample % 2 == 0, "draws_per_sample", self.draws_per_sample,
                      "even with noise_mode 'antithetic'")
@@ -367,7 +403,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     names: List[str] = [f.name for f in fields(TrainConfig)]
     overrides = {k: v for k, v in vars(args).items() if k in names}
     for key, kind in (("stop_at", float), ("shift", float), ("resolution", int), ("frames", int), ("guidance", float),
-                      ("trajectory_steps", int), ("eval_num_steps", int), ("eval_guidance_scale", float)):
+                      ("trajectory_steps", int), ("eval_num_steps", int), ("eval_guidance_scale", float),
+                      ("timestep_last_step", int)):
         if key in overrides and _none(overrides[key]) is not None:
             try:
                 overrides[key] = kind(overrides[key])

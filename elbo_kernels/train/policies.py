@@ -1,12 +1,13 @@
 """The trainer's policies on one transformer: current (trained), old, EMA and reference.
 
 With LoRA (lora_rank > 0) they are adapters of the same transformer: "default" (trained),
-"old" and "ema", with the reference = adapters disabled. With lora_rank = 0 the whole
-transformer is trained and frozen copies play old / ema / reference. ``policy(which)`` runs
-a block as one of them; ``_blend`` moves old / ema towards the current policy:
+"old", "ema" and (with anchor_beta > 0) "anchor", with the reference = adapters disabled.
+With lora_rank = 0 the whole transformer is trained and frozen copies play the others.
+``policy(which)`` runs a block as one of them; ``_blend`` moves them towards the current policy:
 
-    old <- d old + (1 - d) current,  d = min(old_decay_rate * step, old_decay_max)
-    ema <- e ema + (1 - e) current
+    old    <- d old + (1 - d) current,     d = min(old_decay_rate * step, old_decay_max)
+    ema    <- e ema + (1 - e) current
+    anchor <- a anchor + (1 - a) current,  a = min(anchor_decay_rate * step, anchor_decay_max)  (AWM)
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from ..models.lora import active_adapter, add_lora, blend_adapters
 from .sharding import shard
 
 
+def adapter_names(cfg) -> tuple:
+    """The policies a config keeps besides the reference: trained first, then the blended ones."""
+    return ("default", "old") + (("ema",) if cfg.ema_decay > 0 else ()) + (("anchor",) if cfg.anchor_beta > 0 else ())
+
+
 class PolicySet:
     """Mixin of :class:`~elbo_kernels.train.trainer.Trainer`: builds and switches its policies.
 
@@ -33,7 +39,7 @@ class PolicySet:
         transformer = self.model.transformer
         transformer.requires_grad_(False)
         self.copies: Dict[str, torch.nn.Module] = {}
-        names = ("default", "old") + (("ema",) if cfg.ema_decay > 0 else ())
+        names = adapter_names(cfg)
         if cfg.lora_rank > 0:
             add_lora(transformer, self.model.lora_target_modules, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
                      adapter_names=names, init_seed=cfg.seed)
@@ -64,13 +70,13 @@ class PolicySet:
 
     @contextlib.contextmanager
     def policy(self, which: str):
-        """Run the block as policy ``which``: "current", "old", "ema" or "reference"."""
+        """Run the block as policy ``which``: "current", "old", "ema", "anchor" or "reference"."""
         outer, self._policy_name = self._policy_name, which
         try:
             if which == "current":
                 yield
             elif self.config.lora_rank > 0:
-                adapter = {"old": "old", "ema": "ema", "reference": None}[which]
+                adapter = {"old": "old", "ema": "ema", "anchor": "anchor", "reference": None}[which]
                 with active_adapter(self.transformer, adapter):
                     yield
             else:

@@ -1,8 +1,8 @@
 """One policy-gradient step's loss and backward, for each likelihood estimator.
 
 ELBO (the study's recipe): from the final samples x0 only. K draws (t, eps) per
-sample, batched as [B*K, ...]; old, reference and current velocities at the same
-x_t; the fused ``ek.policy_loss``.
+sample, batched as [B*K, ...]; old, reference, anchor (with anchor_beta > 0) and
+current velocities at the same x_t; the fused ``ek.policy_loss``.
 
 Trajectory (FlowGRPO): from the stored SDE trajectory. K of the T steps per
 sample (a random permutation per sample, so one forward covers B different
@@ -76,7 +76,8 @@ def draw_timesteps(cfg, grid: torch.Tensor, generators: Sequence[torch.Generator
     draws_per_sample, paired = cfg.draws_per_sample, cfg.noise_mode == "antithetic"
     if cfg.timestep_proposal is None:
         return torch.cat([sample_timesteps(1, draws_per_sample, sampler=cfg.timestep_sampler, grid=grid, generator=g,
-                                           paired=paired).reshape(-1) for g in generators]), None
+                                           paired=paired, first_step=cfg.timestep_first_step,
+                                           last_step=cfg.timestep_last_step).reshape(-1) for g in generators]), None
     proposal = [float(v) for v in cfg.timestep_proposal.split(",")]
     per = draws_per_sample // 2 if paired else draws_per_sample
     drawn = [grid_importance_timesteps(1, per, grid, proposal, generator=g) for g in generators]
@@ -114,6 +115,7 @@ def elbo_step(trainer, rollout: Rollout, advantages: torch.Tensor,
         t_all, eps_all, w_all = share_within_groups(rollout.prompts, draws_per_sample, t_all, eps_all, w_all)
     adv_all = advantages.to(trainer.device, torch.float32).repeat_interleave(draws_per_sample)
     use_ref = cfg.kl is not None and cfg.beta > 0
+    use_anchor = cfg.anchor_beta > 0
     average = StatsAverage()
     for samples in micro_batches(batch_size, draws_per_sample, cfg.micro_batch):
         rows = slice(samples.start * draws_per_sample, samples.stop * draws_per_sample)
@@ -128,13 +130,19 @@ def elbo_step(trainer, rollout: Rollout, advantages: torch.Tensor,
             if use_ref:
                 with trainer.policy("reference"):
                     v_ref = trainer.velocity(x_t, t, cond)
+            v_anchor = None
+            if use_anchor:
+                with trainer.policy("anchor"):
+                    v_anchor = trainer.velocity(x_t, t, cond)
         v = trainer.velocity(x_t, t, cond)
         if w_all is not None:
             v = scale_row_gradients(v, w_all[rows].to(trainer.device))
         loss, stats = policy_loss(
             v.float(), v_old.float(), None if v_ref is None else v_ref.float(), x0[samples].float(), eps.float(), t,
             adv_all[rows], objective=trainer.objective, weighting=trainer.weighting, kl=cfg.kl, beta=cfg.beta,
-            clip_range=cfg.clip_range, adv_clip_max=cfg.adv_clip_max, nft_beta=cfg.nft_beta, backend=cfg.backend,
+            clip_range=cfg.clip_range, adv_clip_max=cfg.adv_clip_max, nft_beta=cfg.nft_beta,
+            v_anchor=None if v_anchor is None else v_anchor.float(), anchor_beta=cfg.anchor_beta,
+            anchor_kl=cfg.anchor_kl, backend=cfg.backend,
         )
         fraction = (samples.stop - samples.start) / batch_size
         trainer.backward(loss * fraction)

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from .._checksums import CorruptCheckpointError, verify
 from ..models.lora import ADAPTER_WEIGHTS, PEFT_PREFIX, load_adapter, save_adapter
+from .policies import adapter_names
 from . import faults, sharding
 from .checkpoint import (checkpoint_dirs, quarantine, rng_state, save_torch, set_rng_state, tidy, write_checkpoint,
                          write_json)
@@ -24,7 +25,8 @@ class CheckpointWarning(RunWarning):
 # Keys that must match between a checkpoint and the run resuming it: anything else would load
 # into a differently shaped model, or redraw a different batch, without saying so.
 RESUME_MUST_MATCH = ("model", "reward", "seed", "prompts_per_epoch", "group_size", "lora_rank", "lora_alpha",
-                     "ema_decay", "estimator", "sampler", "num_steps", "draws_per_sample", "lora_target_modules")
+                     "ema_decay", "estimator", "sampler", "num_steps", "draws_per_sample", "lora_target_modules",
+                     "anchor_beta")
 # Keys that change nothing already computed: a resumed run may set them freely.
 RESUME_MAY_CHANGE = ("output_dir", "resume", "overwrite", "epochs", "eval_every", "eval_seeds", "stop_at",
                      "checkpoint_every", "keep_checkpoints", "plots", "tensorboard", "report_to", "progress",
@@ -33,7 +35,7 @@ RESUME_MAY_CHANGE = ("output_dir", "resume", "overwrite", "epochs", "eval_every"
 
 
 def _adapter_names(trainer):
-    return ("default", "old") + (("ema",) if trainer.config.ema_decay > 0 else ())
+    return adapter_names(trainer.config)
 
 
 def _check_finite(trainer) -> None:

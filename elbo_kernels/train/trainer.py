@@ -8,6 +8,8 @@
     step       <- clip gradients, optimizer step (skipped when anything is non-finite)
     old        <- d old + (1 - d) current,  d = min(old_decay_rate * step, old_decay_max)
     ema        <- e ema + (1 - e) current   (the policy that is evaluated and shipped)
+    anchor     <- a anchor + (1 - a) current, a = min(anchor_decay_rate * step, anchor_decay_max)
+                  (AWM's KL anchor, only with anchor_beta > 0)
 
 Failures (docs/reliability.md): a non-finite value anywhere in an epoch (rollout, model
 outputs, rewards, loss, gradients) skips that epoch's update -- optimizer, old and EMA
@@ -101,7 +103,8 @@ class Trainer(PolicySet, NonFiniteGuard):
         self.tracker = PerPromptStatTracker(global_std=config.advantage_std == "global", scale=config.advantage_scale,
                                             adv_clip_max=config.adv_clip_max)
         # The config named them and validate() checked them: resolved once, not per micro-batch.
-        self.objective, self.weighting = objective_record(config.objective), weighting_record(config.weighting)
+        self.objective = objective_record(config.objective)
+        self.weighting = weighting_record(config.weighting, config.ghuber_power if config.weighting == "ghuber" else None)
         self.epoch = 0
         self.step = 0
         self.history: list = []
@@ -279,11 +282,14 @@ class Trainer(PolicySet, NonFiniteGuard):
         return stepped
 
     def update_old_and_ema(self) -> None:
-        """old <- d old + (1 - d) current and ema <- e ema + (1 - e) current (once per epoch)."""
+        """old <- d old + (1 - d) current, ema <- e ema + (1 - e) current and, with anchor_beta > 0,
+        anchor <- a anchor + (1 - a) current (once per epoch)."""
         cfg = self.config
         self._blend("old", min(cfg.old_decay_rate * self.step, cfg.old_decay_max))
         if cfg.ema_decay > 0:
             self._blend("ema", cfg.ema_decay)
+        if cfg.anchor_beta > 0:
+            self._blend("anchor", min(cfg.anchor_decay_rate * self.step, cfg.anchor_decay_max))
 
     def inner_parts(self, epoch: int, count: int) -> list:
         """inner_steps > 1: this process's samples shuffled (keyed by seed and epoch) and split into
