@@ -154,9 +154,45 @@ def _build(name: str, sources: Sequence[Path], with_cuda: bool) -> "tuple[Path, 
         return directory, "loaded from cache"
     what = "C++/CUDA kernels (first use, a few minutes)" if with_cuda else "C++ kernels (first use, about a minute)"
     print(f"elbo_kernels: building the {what} in {directory} ...", file=sys.stderr, flush=True)
-    _compile(name, inputs, with_cuda, directory)
+    start = time.perf_counter()
+    with _progress(directory, [s.name for s in sources]):
+        _compile(name, inputs, with_cuda, directory)
     _build_cache.mark_complete(directory, parts)
+    print(f"elbo_kernels: built the {name.rpartition('_')[2].upper()} kernels in {time.perf_counter() - start:.0f} s "
+          f"(cached: later processes load them)", file=sys.stderr, flush=True)
     return directory, "built"
+
+
+PROGRESS_SECONDS = 15.0
+
+
+class _progress:
+    """While a build runs, a line on stderr every PROGRESS_SECONDS: how many of the sources have
+    an object file yet, and the time so far (a silent minute looks like a hang)."""
+
+    def __init__(self, directory: Path, sources: Sequence[str]):
+        self.directory, self.sources = directory, list(sources)
+        self.done = threading.Event()
+        self.start = time.perf_counter()
+        self.thread = threading.Thread(target=self._report, name="elbo_kernels-build-progress", daemon=True)
+
+    def compiled(self) -> int:
+        stems = {Path(s).name.split(".")[0] for s in self.sources}
+        found = {p.name.split(".")[0] for p in self.directory.glob("*.o")} if self.directory.is_dir() else set()
+        return len(stems & found)
+
+    def _report(self) -> None:
+        while not self.done.wait(PROGRESS_SECONDS):
+            print(f"elbo_kernels: still building: {self.compiled()} of {len(self.sources)} sources compiled, "
+                  f"{time.perf_counter() - self.start:.0f} s so far", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
 
 
 def _flags(with_cuda: bool) -> List[str]:
