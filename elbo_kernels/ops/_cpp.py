@@ -32,7 +32,7 @@ Environment:
 Command line:
   python -m elbo_kernels.ops._cpp                     build (if needed) and print the status
   python -m elbo_kernels.ops._cpp --prebuild DIR      ahead-of-time build into DIR (setup.py uses it)
-  python -m elbo_kernels.ops._cpp --compile-cuda-only [-o FILE.o]
+  python -m elbo_kernels.ops._cpp --compile_cuda_only [-o FILE.o]
       compile csrc/cuda_kernels.cu to an object with nvcc -c against the installed
       torch headers (works with a CPU-only torch; catches CUDA code rot in CI).
 """
@@ -414,9 +414,10 @@ def _run_nvcc(nvcc: str, src: Path, output: Path, include_dirs: List[str]) -> Pa
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m elbo_kernels.ops._cpp", description=__doc__.split("\n")[0])
-    parser.add_argument("--compile-cuda-only", action="store_true",
+    # ops/ imports nothing above it (elbo_kernels/_argparse.py): the dashed spelling is listed instead.
+    parser.add_argument("--compile_cuda_only", "--compile-cuda-only", action="store_true",
                         help="only compile csrc/cuda_kernels.cu with nvcc -c (no GPU or CUDA torch needed)")
-    parser.add_argument("-o", "--output", type=Path, default=None, help="object file for --compile-cuda-only")
+    parser.add_argument("-o", "--output", type=Path, default=None, help="object file for --compile_cuda_only")
     parser.add_argument("--prebuild", type=Path, default=None, metavar="DIR",
                         help="build every variant ahead of time into DIR (the package's _prebuilt/ at install)")
     args = parser.parse_args(argv)
