@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import sys
 from typing import Dict, Iterable, Optional, Sequence
 
 
@@ -53,8 +54,6 @@ class Parser(argparse.ArgumentParser):
         self.hints: Dict[str, str] = dict(hints or {})
 
     def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace=None):
-        import sys
-
         args = list(sys.argv[1:] if args is None else args)
         known = list(self._option_string_actions)
         return super().parse_known_args([spelled(a, known) for a in args], namespace)
