@@ -40,28 +40,34 @@ TASKS = ("digiteval", "digit_geneval")
 TRAJECTORY_STEP_ORDERS = ("random", "first")
 ADVANTAGE_STDS = ("group", "global")
 ROLLOUT_POLICIES = ("old", "current")
-# The keys that take one of a fixed set of values: validate() checks them, `train --help` shows them as {...}.
-CHOICES = {
-    "sampler": SAMPLERS,
-    "ode_method": ODE_METHODS,
-    "sde_type": SDE_TYPES,
-    "estimator": ESTIMATORS,
-    "timestep_sampler": TIMESTEP_SAMPLERS,
-    "noise_mode": NOISE_MODES,
-    "objective": tuple(OBJECTIVES),
-    "weighting": WEIGHTINGS,
-    "kl": KL_ESTIMATORS + (None,),
-    "advantage_mode": ADVANTAGE_MODES,
-    "backend": BACKENDS,
-    "mixed_precision": ("no", "fp16", "bf16"),
-    "on_non_finite": ON_NON_FINITE,
-    "report_to": REPORT_TO,
-    "task": TASKS,
-    "trajectory_step_order": TRAJECTORY_STEP_ORDERS,
-    "advantage_std": ADVANTAGE_STDS,
-    "rollout_policy": ROLLOUT_POLICIES,
-    "weights_dtype": (None, "fp32", "bf16", "fp16"),
-}
+
+
+def choices() -> Dict[str, tuple]:
+    """The keys that take one of a set of values, and those values: validate() checks them, `train --help`
+    shows them as {...}. Built on each call: a row added to the OBJECTIVES table later counts."""
+    return {
+        "sampler": SAMPLERS,
+        "ode_method": ODE_METHODS,
+        "sde_type": SDE_TYPES,
+        "estimator": ESTIMATORS,
+        "timestep_sampler": TIMESTEP_SAMPLERS,
+        "noise_mode": NOISE_MODES,
+        "objective": tuple(OBJECTIVES),
+        "weighting": WEIGHTINGS,
+        "kl": KL_ESTIMATORS + (None,),
+        "advantage_mode": ADVANTAGE_MODES,
+        "backend": BACKENDS,
+        "mixed_precision": ("no", "fp16", "bf16"),
+        "on_non_finite": ON_NON_FINITE,
+        "report_to": REPORT_TO,
+        "task": TASKS,
+        "trajectory_step_order": TRAJECTORY_STEP_ORDERS,
+        "advantage_std": ADVANTAGE_STDS,
+        "rollout_policy": ROLLOUT_POLICIES,
+        "weights_dtype": (None, "fp32", "bf16", "fp16"),
+    }
+
+
 # `train --help` groups: each starts at the named key and runs to the next (the sections of TrainConfig);
 # keys whose field says "deprecated" are listed apart, in one group, whatever their place.
 HELP_GROUPS = (("model", "what to train, on what, where"), ("epochs", "rollouts (with the old policy)"),
@@ -197,7 +203,7 @@ class TrainConfig:
         What an objective needs (advantages, estimators) comes from its record in OBJECTIVES
         (objectives/table.py), what an advantage mode gives from ADVANTAGE_MODE_RECORDS
         (advantages/modes.py)."""
-        for key, allowed in CHOICES.items():
+        for key, allowed in choices().items():
             _require(getattr(self, key) in allowed, key, getattr(self, key), "one of " + ", ".join(map(repr, allowed)))
         for key in ("epochs", "prompts_per_epoch", "group_size", "num_steps", "draws_per_sample", "eval_seeds",
                     "keep_checkpoints", "max_consecutive_skips", "inner_steps"):
@@ -350,11 +356,11 @@ def _require(ok: bool, key: str, value, allowed: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One --key per config field, with its help and default, in the groups of HELP_GROUPS (deprecated
-    keys apart); keys of CHOICES show their values as {...}, booleans as bare flags (``--resume``, or
+    keys apart); keys of choices() show their values as {...}, booleans as bare flags (``--resume``, or
     ``--resume false``); a field's "aka" names (``--learning_rate``) are offered as corrections.
     --config FILE loads YAML first."""
     parser.add_argument("--config", help="YAML file of config values (command-line flags override it)")
-    starts = dict(HELP_GROUPS)
+    starts, allowed = dict(HELP_GROUPS), choices()
     group, deprecated = None, None
     for f in fields(TrainConfig):
         if f.name in starts:
@@ -371,8 +377,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         extra = {}
         if isinstance(default, bool):
             extra = {"nargs": "?", "const": True}
-        elif f.name in CHOICES:
-            extra = {"metavar": choices_metavar(CHOICES[f.name])}
+        elif f.name in allowed:
+            extra = {"metavar": choices_metavar(allowed[f.name])}
         shown = str(default).lower() if isinstance(default, bool) or default is None else default
         target.add_argument(f"--{f.name}", dest=f.name, type=kind, default=argparse.SUPPRESS,
                             help=f"{help_text} (default: {shown})", **extra)
