@@ -226,6 +226,7 @@ def test_shipped_base_model_follows_prompts_poorly_without_cfg_and_better_with_i
     assert set(measured["euler_cfg1"]["per_category"]) == set(digit_geneval.CATEGORIES)
 
 
+@pytest.mark.slow
 def test_base_model_without_and_with_cfg_on_a_small_fixed_sample(model):
     pipe = digit_geneval.DigitGenEvalPipeline(model)
     plain = digit_geneval.evaluate(pipe, guidance_scale=1.0, num_seeds=2)

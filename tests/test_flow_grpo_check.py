@@ -92,6 +92,7 @@ def test_check_passes_when_the_drop_in_reproduces_flowgrpo(checkout, tmp_path, c
     assert "PASS" in printed
 
 
+@pytest.mark.slow
 def test_check_fails_against_a_reference_with_another_cfg_gradient(checkout, capsys):
     code = flow_grpo_check.main(["--flow_grpo", str(checkout), "--config", "config/grpo.py:tiny", "--device", "cpu",
                                  "--reference_script", str(checkout / "scripts" / "train_sd3_both_branches.py")])

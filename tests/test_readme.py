@@ -101,6 +101,7 @@ def after_main_job(tmp_path_factory):
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
+@pytest.mark.slow
 def test_readme_python_block_runs(after_main_job, index):
     script = after_main_job / f"block_{index}.py"
     script.write_text(BLOCKS[index])
@@ -111,6 +112,7 @@ def test_readme_python_block_runs(after_main_job, index):
     assert done.returncode == 0, f"README block {index}:\n{BLOCKS[index]}\n" + done.stdout[-2000:] + done.stderr[-4000:]
 
 
+@pytest.mark.slow
 def test_new_model_guide_example_trains_its_adapter(tmp_path):
     (example,) = re.findall(r"```python\n(.*?)```", NEW_MODEL.read_text(), flags=re.S)
     script = tmp_path / "tiny_flow.py"
