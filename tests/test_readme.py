@@ -91,10 +91,11 @@ def test_readme_has_python_blocks():
 
 @pytest.fixture(scope="module")
 def after_main_job(tmp_path_factory):
-    """`elbo-kernels train`, cut to 2 epochs and a small evaluation: the blocks need its outputs/digits."""
+    """`elbo-kernels train`, cut to 2 epochs and a small evaluation: the directory a user runs the blocks in
+    (its outputs/digiteval beside them)."""
     root = tmp_path_factory.mktemp("readme")
     cmd = [sys.executable, "-m", "elbo_kernels.cli", "train", "--epochs", "2", "--eval_every", "0",
-           "--eval_seeds", "1", "--plots", "false", "--tensorboard", "false", "--progress", "false"]
+           "--eval_seeds", "1", "--plots", "false", "--report_to", "none", "--progress", "false"]
     done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return root
