@@ -318,6 +318,7 @@ def plot(result: dict, path: Path) -> None:
                 ax.plot([r["shape"][0] for r in sel], [r["gbps"] for r in sel], "o-", label=variant)
             ax.axhline(result["copy_bandwidth_gbps"], color="grey", ls=":", label="copy bandwidth")
             ax.set_title(f"{op} fwd+bwd, {dtype}")
+            ax.set_xticks(sorted({r["shape"][0] for r in rows}))  # the Ns measured, never fractions of one
             ax.set_xlabel("draws N (latent 16x64x64)")
             ax.set_ylabel("GB/s of required traffic")
             ax.set_ylim(bottom=0)

@@ -13,7 +13,7 @@ remaining deviation). Protocol, one invocation, all methods side by side:
 2. Bracketing: the winner (fewest work rows to the target among runs that reached it with no skipped
    step; else the highest score seen at diversity >= 0.7) must have a run on both sides along each
    axis at its own value of the other axis; missing neighbours are run and the winner re-chosen, up
-   to --max-extensions rounds. A winner still on an edge is flagged "not bracketed" in the report.
+   to --max_extensions rounds. A winner still on an edge is flagged "not bracketed" in the report.
 3. Seeds: the winner on seeds 1 .. n-1 (seed 0's sweep run reused): medians with bootstrap 95%
    intervals; seeds that collapsed, diverged or ran out of budget are counted separately.
 
@@ -31,7 +31,6 @@ Writes benchmarks/results/design_space.{json,md,png}, or design_space_<task>.{js
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from elbo_kernels._argparse import Parser  # noqa: E402
 
 from design_space_methods import method_table, missing_brackets  # noqa: E402
 from design_space_report import (  # noqa: E402
@@ -205,7 +205,7 @@ def _base_check(job: dict) -> dict:
 def schedule(pool, methods, swept, followers, seeds, job, runs, bar, args):
     """Each method on its own through grid -> bracketing rounds -> seeds, as soon as its previous stage is
     done; a free worker takes the ready job of the cheapest method (smallest epoch budget) first, so the
-    fast methods finish whole while the slow ones still run (and --cached-only then finds complete ones).
+    fast methods finish whole while the slow ones still run (and --cached_only then finds complete ones).
     Returns (points, winners, missing, bracketing rounds per method)."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
@@ -230,7 +230,7 @@ def schedule(pool, methods, swept, followers, seeds, job, runs, bar, args):
         if n in followers:
             return
         if not points[n]:
-            return  # --cached-only with nothing of it in the cache
+            return  # --cached_only with nothing of it in the cache
         winners[n] = choose_point(points[n])
         missing[n] = missing_brackets(set(points[n]), winners[n])
         if stage[n] != "seeds" and missing[n] and rounds[n] < args.max_extensions:
@@ -283,7 +283,7 @@ def schedule(pool, methods, swept, followers, seeds, job, runs, bar, args):
 
 # ------------------------------------------------------------------------------------------------
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke: 3 methods, 1 grid point, 2 seeds, 2 epochs")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--workers", type=int, default=2)
@@ -293,15 +293,15 @@ def parse_args(argv):
     parser.add_argument("--target", type=float, default=None, help="score at which a run has reached the target "
                         f"(default: {TASK_TARGETS})")
     parser.add_argument("--seeds", type=int, default=SEEDS, help="seeds at the chosen point (0, 1, ...)")
-    parser.add_argument("--max-extensions", type=int, default=3, help="bracketing rounds after the first grid")
-    parser.add_argument("--prompts-per-epoch", type=int, default=5, help="distinct prompts per epoch (x group 8)")
-    parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies every method's epoch budget")
-    parser.add_argument("--eval-every", type=int, default=2)
-    parser.add_argument("--eval-seeds", type=int, default=10, help="evaluation seeds per prompt (x 10 digits)")
+    parser.add_argument("--max_extensions", type=int, default=3, help="bracketing rounds after the first grid")
+    parser.add_argument("--prompts_per_epoch", type=int, default=5, help="distinct prompts per epoch (x group 8)")
+    parser.add_argument("--epochs_scale", type=float, default=1.0, help="multiplies every method's epoch budget")
+    parser.add_argument("--eval_every", type=int, default=2)
+    parser.add_argument("--eval_seeds", type=int, default=10, help="evaluation seeds per prompt (x 10 digits)")
     parser.add_argument("--cache", default="", help="directory of finished runs to reuse (and to save runs in)")
-    parser.add_argument("--cached-only", action="store_true", help="with --cache: report only the runs already "
+    parser.add_argument("--cached_only", action="store_true", help="with --cache: report only the runs already "
                         "in the cache (a partial study; the report counts the seeds not run)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory-per-step section")
+    parser.add_argument("--no_memory", action="store_true", help="skip the memory-per-step section")
     return parser, parser.parse_args(argv)
 
 
@@ -364,7 +364,7 @@ def main(argv=None) -> dict:
         followers = [n for n in trained if methods[n].get("follows")]
         points, winners, missing, rounds = schedule(pool, methods, swept, followers, seeds, job, runs, bar, args)
     bar.close()
-    swept = [n for n in swept if n in winners]  # --cached-only: a method with no run in the cache is left out
+    swept = [n for n in swept if n in winners]  # --cached_only: a method with no run in the cache is left out
     followers = [n for n in followers if n in winners]
     tmp.cleanup()
 
@@ -380,7 +380,7 @@ def main(argv=None) -> dict:
                 missing[name], seed_runs))
             entry["seeds_not_run"] = len(seeds) - len(seed_runs)
         elif name in trained:
-            entry["not_run"] = True  # --cached-only and nothing of it in the cache
+            entry["not_run"] = True  # --cached_only and nothing of it in the cache
         else:
             entry["at_target_before_training"] = True
         result["methods"][name] = entry

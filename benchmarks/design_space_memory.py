@@ -1,5 +1,5 @@
 """Memory kept between rollout and loss, and one training step's allocation peak, per method
-(benchmarks/design_space.py writes it into design_space.json unless --no-memory)."""
+(benchmarks/design_space.py writes it into design_space.json unless --no_memory)."""
 
 from __future__ import annotations
 

@@ -40,7 +40,6 @@ runner and stop rule), single-threaded, at most 2 runs in parallel; medians with
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from elbo_kernels._argparse import Parser  # noqa: E402
 from variance_report import bootstrap_ratio, median_interval, write_markdown, write_plot  # noqa: E402
 
 TRAIN_EPOCHS = 15
@@ -280,13 +280,13 @@ def time_to_target(best: dict, seeds, workers: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--repeats", type=int, default=256)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--skip-time", action="store_true", help="variance only (no time-to-target runs)")
+    parser.add_argument("--skip_time", action="store_true", help="variance only (no time-to-target runs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()

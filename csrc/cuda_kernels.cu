@@ -23,7 +23,7 @@
 // Only c10/cuda headers are used (not ATen/cuda/CUDAContext.h, which pulls in
 // cuBLAS / cuSPARSE headers), so this file also compiles against a CPU-only
 // torch's headers with a bare CUDA toolkit (python -m elbo_kernels.ops._cpp
-// --compile-cuda-only).
+// --compile_cuda_only).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>

@@ -21,14 +21,26 @@ import traceback
 import warnings
 from typing import List, Optional
 
+from ._argparse import Parser
+
 DEBUG_ENV = "ELBO_KERNELS_DEBUG"
 
 
-def _version(module: str) -> str:
+def _version(distribution: str) -> str:
+    """The installed version, read from the package metadata: importing diffusers, peft and
+    transformers only to print their versions took 4 of info's 6.4 s."""
+    from importlib import metadata
+
     try:
-        return __import__(module).__version__
-    except Exception as exc:  # noqa: BLE001 - report, don't fail, in a diagnostic command
-        return f"not importable ({type(exc).__name__})"
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def package_version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def info(_: argparse.Namespace) -> int:
@@ -37,7 +49,7 @@ def info(_: argparse.Namespace) -> int:
 
     import elbo_kernels as ek
 
-    print(f"elbo_kernels {ek.__version__}")
+    print(f"elbo_kernels {package_version()}")
     print(f"python       {platform.python_version()} ({sys.executable})")
     for module in ("torch", "triton", "diffusers", "peft", "accelerate", "transformers", "safetensors", "numpy"):
         print(f"{module:<12} {_version(module)}")
@@ -60,13 +72,18 @@ def train(args: argparse.Namespace) -> int:
     """Fine-tune with the recommended recipe (or any configured method) and write the run's outputs."""
     from .train import Trainer
     from .train.config import config_from_args
+    from .train.errors import set_command_line
 
-    config = config_from_args(args)
-    trainer = Trainer(config)
-    args.trainer = trainer  # for the error handler: another process's failure explains this one's
-    summary = trainer.fit()
+    set_command_line(True)  # messages name --flags, not Python arguments (until this command returns)
+    try:
+        config = config_from_args(args)
+        trainer = Trainer(config)
+        args.trainer = trainer  # for the error handler: another process's failure explains this one's
+        summary = trainer.fit()
+    finally:
+        set_command_line(False)
     if trainer.accelerator.is_main_process:
-        print(f"summary: {config.output_dir}/summary.json; final checkpoint: {summary['final_checkpoint']}")
+        print(f"summary: {trainer.config.output_dir}/summary.json; final checkpoint: {summary['final_checkpoint']}")
     return 0
 
 
@@ -80,23 +97,28 @@ first call in a fresh environment builds the C++ kernels (about a minute); later
 TRAIN_DESCRIPTION = """RL fine-tuning of a flow model. With no options it runs the study's recipe (pepg
 objective, adaptive ELBO, 10-step ODE rollouts without CFG, LoRA, girsanov KL) on the embedded DigitEval
 task on a CPU, with nothing to download, and writes metrics, plots, checkpoints and summary.json to
---output_dir. Every option is a TrainConfig key; --config FILE.yaml loads a file of them first, and
---reward package.module:attribute trains on your own reward."""
+--output_dir (by default outputs/TASK, a new outputs/TASK-N for each further run). Every option is a
+TrainConfig key (--output_dir or --output-dir); --config FILE.yaml loads a file of them first, and
+--reward package.module:attribute trains on your own reward (a module in the current directory works).
+A boolean flag alone means true (--resume); it also takes a value (--plots false)."""
 
 
 def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
-    """The parser; abbreviations are off everywhere (``--epoch 3`` must not silently mean ``--epochs 3``).
+    """The parser, with the conventions of elbo_kernels/_argparse.py (no abbreviations, dashes or
+    underscores, "did you mean" from the subcommand that was meant).
 
     The train options come from TrainConfig, whose module imports torch: they are added only when
     ``argv`` names the train subcommand (or is None), so ``elbo-kernels --help`` answers at once.
     """
-    parser = argparse.ArgumentParser(prog="elbo-kernels", description=DESCRIPTION, allow_abbrev=False)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{info,train}")
-    commands.add_parser("info", help="versions, devices, and which kernel backends are usable here",
-                        description=INFO_DESCRIPTION, allow_abbrev=False).set_defaults(func=info)
+    parser = Parser(prog="elbo-kernels", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"elbo-kernels {package_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="{info,train}")
+    info_parser = commands.add_parser("info", help="versions, devices, and which kernel backends are usable here",
+                                      description=INFO_DESCRIPTION)
+    info_parser.set_defaults(func=info, _parser=info_parser)
     train_parser = commands.add_parser(
         "train", help="RL fine-tuning (default: the study's recipe on the embedded DigitEval task)",
-        description=TRAIN_DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
+        description=TRAIN_DESCRIPTION, usage="%(prog)s [-h] [--config FILE.yaml] [--KEY VALUE ...]",
     )
     if argv is None or "train" in argv:
         from .train.config import add_arguments
@@ -104,13 +126,17 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
         add_arguments(train_parser)
     train_parser.add_argument("--debug", action="store_true", default=False,
                               help=f"show the full traceback of any error (or set {DEBUG_ENV}=1)")
-    train_parser.set_defaults(func=train)
+    train_parser.set_defaults(func=train, _parser=train_parser)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv).parse_args(argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:  # bare `elbo-kernels`: what it can do, not an error
+        parser.print_help()
+        return 0
     debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     with warnings.catch_warnings():
         if not debug:

@@ -9,6 +9,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
 if [ "$#" -ge 1 ]; then
-  exec "$PYTHON" -m elbo_kernels.ops._cpp --compile-cuda-only -o "$1"
+  exec "$PYTHON" -m elbo_kernels.ops._cpp --compile_cuda_only -o "$1"
 fi
-exec "$PYTHON" -m elbo_kernels.ops._cpp --compile-cuda-only
+exec "$PYTHON" -m elbo_kernels.ops._cpp --compile_cuda_only

@@ -103,6 +103,29 @@ def test_first_build_says_so_and_a_second_load_says_loaded_from_cache(tmp_path, 
     assert builder.loaded == [str(_build_cache.library_path(directory, NAME))]
 
 
+def test_a_build_reports_progress_while_it_runs_and_its_time_when_done(tmp_path, monkeypatch, capsys):
+    import time
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    monkeypatch.setattr(_cpp, "PROGRESS_SECONDS", 0.05)
+    builder = _FakeBuilder(monkeypatch)
+
+    def slow_compile(name, inputs, with_cuda, directory):  # one object file at a time, as ninja with -j1
+        _build_cache.stage_sources(inputs, directory)
+        for source in _cpp.CPU_SOURCES:
+            time.sleep(0.4)
+            (directory / (source.split(".")[0] + ".o")).write_bytes(b"object file")
+        time.sleep(0.4)
+        builder.compile(name, inputs, with_cuda, directory)
+
+    monkeypatch.setattr(_cpp, "_compile", slow_compile)
+    _cpp._build(NAME, [_cpp.csrc_dir() / name for name in _cpp.CPU_SOURCES], False)
+    err = capsys.readouterr().err
+    for done in range(len(_cpp.CPU_SOURCES) + 1):
+        assert f"still building: {done} of {len(_cpp.CPU_SOURCES)} sources compiled" in err, err
+    assert err.strip().splitlines()[-1].startswith("elbo_kernels: built the CPU kernels in ")
+
+
 def test_an_interrupted_build_is_not_taken_for_a_complete_one(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
     builder = _FakeBuilder(monkeypatch)

@@ -138,6 +138,7 @@ def test_a_bug_shows_the_traceback_and_asks_for_a_report(capsys, tmp_path, monke
     assert "Traceback" in stderr and "FaultInjected" in stderr and "a bug in elbo_kernels; please report" in stderr
 
 
+@pytest.mark.slow
 def test_missing_model_weights_are_one_line_with_exit_code_7(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-m", "elbo_kernels.cli", "train", "--output_dir", str(tmp_path / "r"),
@@ -170,6 +171,7 @@ def run_on_tmpfs(tmp_path, size: str, script: str) -> subprocess.CompletedProces
                           env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_naming_the_path_and_the_free_space(tmp_path):
     # One tiny checkpoint is ~470 KiB: the second does not fit in 700 KiB.
     result = run_on_tmpfs(tmp_path, "700k", "$TRAIN --epochs 3 --keep_checkpoints 3 --output_dir $MNT/run; "

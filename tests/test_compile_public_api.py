@@ -21,6 +21,7 @@ if torch.cuda.is_available():
 
 
 @pytest.mark.parametrize("backend,device", CASES)
+@pytest.mark.slow
 def test_public_api_compiles_fullgraph_in_a_fresh_process(backend, device):
     env = dict(os.environ)
     env["TRITON_INTERPRET"] = "1" if device == "cpu" else "0"

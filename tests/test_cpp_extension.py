@@ -173,6 +173,7 @@ def test_sde_step_opcheck():
 
 
 @pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
+@pytest.mark.slow
 def test_ops_compile_fullgraph_and_match_eager(compile_backend):
     """Every op in one torch.compile(fullgraph=True) graph, forward and backward, on CPU."""
     torch._dynamo.reset()

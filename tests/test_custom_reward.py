@@ -87,6 +87,7 @@ def test_config_accepts_an_import_path_and_still_rejects_unknown_names():
         require_known_reward("nope")
 
 
+@pytest.mark.slow
 def test_train_command_runs_with_your_reward(reward_module, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(reward_module), os.environ.get("PYTHONPATH", "")]))

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -16,8 +18,9 @@ def load(name):
     return importlib.import_module(name)
 
 
+@pytest.mark.slow
 def test_design_space_quick_writes_every_method_with_its_sweep_intervals_and_speedups(tmp_path):
-    result = load("design_space").main(["--quick", "--no-memory", "--workers", "1", "--out", str(tmp_path)])
+    result = load("design_space").main(["--quick", "--no_memory", "--workers", "1", "--out", str(tmp_path)])
     written = json.loads((tmp_path / "design_space.json").read_text())
     assert set(written["methods"]) == {"flowgrpo_nocfg", "diffusionnft", "recipe", "recipe_sde"}
     assert written["methods"]["recipe_sde"]["chosen"] == written["methods"]["recipe"]["chosen"]

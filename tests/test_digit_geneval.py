@@ -226,6 +226,7 @@ def test_shipped_base_model_follows_prompts_poorly_without_cfg_and_better_with_i
     assert set(measured["euler_cfg1"]["per_category"]) == set(digit_geneval.CATEGORIES)
 
 
+@pytest.mark.slow
 def test_base_model_without_and_with_cfg_on_a_small_fixed_sample(model):
     pipe = digit_geneval.DigitGenEvalPipeline(model)
     plain = digit_geneval.evaluate(pipe, guidance_scale=1.0, num_seeds=2)
@@ -292,8 +293,8 @@ def test_shipped_stages_in_one_command_equal_the_separate_stage_commands(tmp_pat
     chained = tmp_path / "chained.safetensors"
     record = pretrain.main(["--shipped", "--out", str(chained), "--threads", "1"])
     first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
-    pretrain.main(["--steps", "3", "--label-noise", "0.4", "--seed", "0", "--out", str(first), "--batch-size", "128"])
-    pretrain.main(["--steps", "2", "--label-noise", "0.2", "--seed", "1", "--out", str(second), "--init", str(first)])
+    pretrain.main(["--steps", "3", "--label_noise", "0.4", "--seed", "0", "--out", str(first), "--batch_size", "128"])
+    pretrain.main(["--steps", "2", "--label_noise", "0.2", "--seed", "1", "--out", str(second), "--init", str(first)])
     a, b = load_file(chained), load_file(second)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], load_file(first)[k]) for k in a)  # the second stage trained

@@ -216,6 +216,7 @@ def test_elbo_mode_kl_line_is_half_the_girsanov_kl(model):
     torch.testing.assert_close(info["kl_loss"], torch.tensor(0.5 * 0.1 ** 2), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_elbo_mode_trains_reward_rises(model):
     """FlowGRPO's loop with the ELBO estimator and LoRA: brightness of decoded images rises in 16 steps."""
     from peft import LoraConfig

@@ -92,15 +92,34 @@ def test_check_passes_when_the_drop_in_reproduces_flowgrpo(checkout, tmp_path, c
     assert "PASS" in printed
 
 
+@pytest.mark.slow
 def test_check_fails_against_a_reference_with_another_cfg_gradient(checkout, capsys):
-    code = flow_grpo_check.main(["--flow-grpo", str(checkout), "--config", "config/grpo.py:tiny", "--device", "cpu",
-                                 "--reference-script", str(checkout / "scripts" / "train_sd3_both_branches.py")])
+    code = flow_grpo_check.main(["--flow_grpo", str(checkout), "--config", "config/grpo.py:tiny", "--device", "cpu",
+                                 "--reference_script", str(checkout / "scripts" / "train_sd3_both_branches.py")])
     printed = capsys.readouterr().out
     assert code == 1 and "MISMATCH" in printed and "FAIL" in printed
 
 
-def test_check_names_a_bad_checkout_or_config(checkout, tmp_path):
-    with pytest.raises(FileNotFoundError, match="is not a FlowGRPO checkout"):
-        flow_grpo_check.main(["--flow-grpo", str(tmp_path), "--config", "config/grpo.py:tiny"])
-    with pytest.raises(ValueError, match="--config must be path.py:function"):
-        flow_grpo_check.main(["--flow-grpo", str(checkout), "--config", "config/grpo.py"])
+@pytest.mark.parametrize("flags,message", [
+    (["--flow_grpo", "{tmp}/missing"], "--flow_grpo {tmp}/missing: no such directory"),
+    (["--flow_grpo", "{tmp}"], "is not a FlowGRPO checkout"),
+    (["--flow_grpo", "{checkout}", "--config", "config/grpo.py"], "--config must be path.py:function"),
+    (["--flow_grpo", "{checkout}", "--config", "config/nope.py:tiny"], "--config file"),
+    (["--flow-grpo", "{checkout}", "--reference-script", "{tmp}/nope.py"], "--reference_script {tmp}/nope.py does not"),
+])
+def test_a_wrong_path_is_one_line_and_exit_code_2_not_a_failed_check(checkout, tmp_path, capsys, flags, message):
+    fill = lambda text: text.format(tmp=tmp_path, checkout=checkout)  # noqa: E731
+    flags = [fill(f) for f in flags] + ([] if "--config" in flags else ["--config", "config/grpo.py:tiny"])
+    assert flow_grpo_check.main(flags) == flow_grpo_check.EXIT_USAGE == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and fill(message) in err and "Traceback" not in err
+
+
+def test_help_says_what_it_checks_prints_and_its_exit_codes(capsys):
+    with pytest.raises(SystemExit) as info:
+        flow_grpo_check.main(["--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    for text in ("What it checks", "What it prints", "Exit codes:", "0  PASS", "1  FAIL", "2  usage", "--flow_grpo",
+                 "--reference_script", "--num_steps"):
+        assert text in out, text

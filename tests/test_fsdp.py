@@ -41,6 +41,7 @@ def weights(out: Path, lora_rank: int, epoch: int) -> dict:
 
 
 @pytest.mark.parametrize("lora_rank", [0, 8], ids=["full", "lora"])
+@pytest.mark.slow
 def test_fsdp_two_processes_train_like_one_and_resume(tmp_path, lora_rank):
     run(tmp_path / "one", lora_rank, 2, sharded=False)
     run(tmp_path / "two", lora_rank, 2, sharded=True)

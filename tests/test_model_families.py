@@ -62,6 +62,7 @@ def test_folder_dispatches_to_the_familys_adapter(family):
     assert type(model).__name__ == adapter and type(model) is adapter_class(pipeline)
 
 
+@pytest.mark.slow
 def test_elbo_recipe_with_ode_rollouts_two_epochs_then_resume(family):
     name, folder, runs = family
     trainer = Trainer(config(folder, runs / "elbo", plots=True, **FAMILIES[name][2]))

@@ -33,6 +33,7 @@ def runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_two_processes_hold_disjoint_halves_with_distinct_latents(runs):
     ranks = [torch.load(runs / f"two_rank{r}_latents.pt") for r in (0, 1)]
     assert ranks[0]["samples"] == [0, 1, 2, 3] and ranks[1]["samples"] == [4, 5, 6, 7]

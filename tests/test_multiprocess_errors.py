@@ -24,6 +24,7 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("kind", sorted(EXPECTED))
+@pytest.mark.slow
 def test_an_error_on_one_process_ends_every_process_with_the_error_named(tmp_path, kind):
     # Port 0: a free rendezvous port, so concurrent launches on one machine never collide on 29500.
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

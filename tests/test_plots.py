@@ -56,6 +56,24 @@ def test_grid_puts_each_image_in_its_prompt_row_and_seed_column():
     assert float(shown[5].mean()) == 1.0 and all(float(a.mean()) == 0.0 for i, a in enumerate(shown) if i != 5)
 
 
+def test_curve_of_a_run_without_the_metric_draws_no_metric_axis_or_threshold():
+    history = [{"seconds": 1.0, "reward_mean": 0.5}, {"seconds": 2.0, "reward_mean": 0.7}]
+    fig = curve_figure(history, metric="digiteval")
+    assert len(fig.axes) == 1  # the reward only
+    labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["reward (mean)"]
+
+
+def test_grid_draws_pixel_value_one_white_and_zero_black():
+    images = torch.zeros(2, 1, 4, 4)
+    images[1] = 1.0
+    fig = grid_figure(images, ["a"], [0, 1])
+    fig.canvas.draw()
+    rgba = [ax.get_images()[0].make_image(fig.canvas.get_renderer())[0] for ax in fig.axes]
+    dark, bright = (float(torch.as_tensor(a[..., :3].astype("float32")).mean()) for a in rgba)
+    assert dark < 10 and bright > 245  # 0 -> black, 1 -> white (0-255 RGB), so darker images look darker
+
+
 def test_trainer_builds_the_kernels_before_the_timed_loop(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(trainer_module, "resolve_backend", lambda backend, device: calls.append(backend))

@@ -48,6 +48,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run_bitwise(suite, phase):
     assert result["survived"], result
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_command_line_then_resume_flag_equals_an_uninterrupted_run(suite):
     result = harness.kill_trial(*suite, "checkpoint_write", epoch=3, via_cli=True)
     assert result["exit"] in (-9, 137) and result["left_behind"], result  # killed with a half-written directory
@@ -202,6 +203,7 @@ def test_bad_fault_specs_name_the_part_and_what_is_allowed(spec, message):
 
 
 # --- several processes ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_nan_on_one_process_skips_the_epoch_on_every_process_without_deadlock(suite):
     result = harness.multiprocess_trial(suite[0], "nan:phase=velocity:epoch=2:process=1")
     assert result["survived"], result

@@ -67,6 +67,7 @@ def train(out: Path, url: str, *flags: str, wait: bool = True):
     return process
 
 
+@pytest.mark.slow
 def test_a_killed_reward_server_stops_the_run_clearly_and_resume_equals_an_uninterrupted_run(tmp_path):
     server = Server(tmp_path / "server", hold_at=4 + 3)  # after the reference's 4, the run's epoch 3
     try:

@@ -147,6 +147,7 @@ def test_missing_component_is_named(tiny_dir, tmp_path):
         SD3Model.load(str(broken))
 
 
+@pytest.mark.slow
 def test_hub_id_offline_names_repo_and_fix(tmp_path):
     code = ("from elbo_kernels.models.sd3 import SD3Model\n"
             "try:\n    SD3Model.load('stabilityai/stable-diffusion-3.5-medium')\n"

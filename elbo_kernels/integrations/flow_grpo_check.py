@@ -1,9 +1,9 @@
 """Verify a FlowGRPO patch: the drop-in reproduces FlowGRPO's log_prob and gradient on your model.
 
-    python -m elbo_kernels.integrations.flow_grpo_check --flow-grpo ~/flow_grpo \\
+    python -m elbo_kernels.integrations.flow_grpo_check --flow_grpo ~/flow_grpo \\
         --config config/grpo.py:general_ocr_sd3 [--model PATH] [--device cuda]
 
-On one batch of your own model and config, with FlowGRPO's own code for the reference:
+What it checks, on one batch of your own model and config, with FlowGRPO's own code as the reference:
 
 1. samples an SDE trajectory with FlowGRPO's ``sde_step_with_logprob`` (from the checkout's
    ``flow_grpo`` package), CFG as the config samples it;
@@ -15,8 +15,20 @@ On one batch of your own model and config, with FlowGRPO's own code for the refe
 3. runs the ELBO estimator once on the same batch: ``prepare_elbo_samples`` then
    ``compute_log_prob`` at j = 0 must give an on-policy ratio of 1 and a finite gradient.
 
-Prints a table and exits 0 when every check passes, 1 otherwise. Run it before switching
-``config.train.estimator`` to "elbo". Nothing is trained or written (except ``--json``).
+What it prints: a table, one row per timestep j (relative differences of log_prob, mean, std and
+the gradient, the gradient's cosine, "ok" or "MISMATCH"), the ELBO line, then PASS or FAIL. Nothing
+is trained or written (except the result as JSON with --json). Run it before switching
+``config.train.estimator`` to "elbo".
+
+Exit codes:
+    0  PASS: every check holds
+    1  FAIL: a check does not hold (the table says which)
+    2  usage: a bad flag, or a path that is not there (the checkout, --config, --reference_script),
+       in one line on stderr
+    3  the check could not run: an unexpected error (the traceback is shown)
+    7  the model weights are not available (one line saying how to fetch them)
+
+Flags are spelled with underscores (--flow_grpo), as ``elbo-kernels train``'s; dashes work too.
 """
 
 from __future__ import annotations
@@ -28,16 +40,23 @@ import json
 import subprocess
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
 
+from .._argparse import Parser
 from . import flow_grpo as dropin
 
 # |ours - FlowGRPO| / max(|FlowGRPO|, 1) for values, ||g_ours - g|| / ||g|| for gradients, per weights dtype:
 # float32 rounding differences stay below 1e-5; a real difference (e.g. a branch not detached) is > 1e-2.
+EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_ERROR, EXIT_MODEL = 0, 1, 2, 3, 7
 TOLERANCES = {torch.float32: (1e-4, 1e-3), torch.bfloat16: (2e-2, 5e-2), torch.float16: (1e-2, 5e-2)}
+
+
+class UsageError(ValueError):
+    """A path or value given on the command line is wrong; the message names the flag."""
 
 
 def _load_module(name: str, path: Path):
@@ -51,10 +70,10 @@ def load_config(root: Path, spec: str):
     """``path.py:function`` (path relative to the checkout) -> the function's ml_collections config."""
     path, _, function = spec.partition(":")
     if not function:
-        raise ValueError(f"--config must be path.py:function (e.g. config/grpo.py:compressibility), got {spec!r}")
+        raise UsageError(f"--config must be path.py:function (e.g. config/grpo.py:compressibility), got {spec!r}")
     file = Path(path) if Path(path).is_absolute() else root / path
     if not file.is_file():
-        raise FileNotFoundError(f"--config file {file} does not exist")
+        raise UsageError(f"--config file {file} does not exist")
     return getattr(_load_module(f"flowgrpo_config_{file.stem}", file), function)()
 
 
@@ -68,14 +87,14 @@ def reference_compute_log_prob(root: Path, script: Optional[str]):
                                   capture_output=True, text=True).stdout
         except (OSError, subprocess.CalledProcessError) as error:
             raise RuntimeError(f"{path} no longer defines compute_log_prob and `git show HEAD:scripts/train_sd3.py` "
-                               f"failed ({error}); pass --reference-script with an unmodified copy") from None
+                               f"failed ({error}); pass --reference_script with an unmodified copy") from None
         handle = tempfile.NamedTemporaryFile("w", suffix="_train_sd3.py", delete=False)
         handle.write(text)
         handle.close()
         path = Path(handle.name)
     module = _load_module("flowgrpo_train_sd3_reference", path)
     if not hasattr(module, "compute_log_prob"):
-        raise RuntimeError(f"{path} defines no compute_log_prob; pass --reference-script with an unmodified copy")
+        raise RuntimeError(f"{path} defines no compute_log_prob; pass --reference_script with an unmodified copy")
     return module.compute_log_prob, path
 
 
@@ -129,7 +148,7 @@ def sample_batch(pipeline, transformer, step, config, prompts: List[str], seed: 
 def check(args: argparse.Namespace) -> Dict:
     root = Path(args.flow_grpo).expanduser().resolve()
     if not (root / "flow_grpo").is_dir():
-        raise FileNotFoundError(f"--flow-grpo {root} is not a FlowGRPO checkout (no flow_grpo/ package in it)")
+        raise UsageError(f"--flow_grpo {root} is not a FlowGRPO checkout (no flow_grpo/ package in it)")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     from flow_grpo.diffusers_patch.sd3_sde_with_logprob import sde_step_with_logprob as flowgrpo_step
@@ -221,26 +240,62 @@ def report(result: Dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m elbo_kernels.integrations.flow_grpo_check",
-                                     description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--flow-grpo", required=True, help="the FlowGRPO checkout (holds flow_grpo/ and scripts/)")
+def check_paths(args: argparse.Namespace) -> None:
+    """The paths the check needs, before anything is loaded: UsageError naming the flag."""
+    root = Path(args.flow_grpo).expanduser()
+    if not root.is_dir():
+        raise UsageError(f"--flow_grpo {root}: no such directory (pass your FlowGRPO checkout)")
+    if not (root / "flow_grpo").is_dir():
+        raise UsageError(f"--flow_grpo {root} is not a FlowGRPO checkout (no flow_grpo/ package in it)")
+    path, _, function = args.config.partition(":")
+    if not function:
+        raise UsageError(f"--config must be path.py:function (e.g. config/grpo.py:compressibility), got "
+                         f"{args.config!r}")
+    file = Path(path) if Path(path).is_absolute() else root / path
+    if not file.is_file():
+        raise UsageError(f"--config file {file} does not exist")
+    if args.reference_script and not Path(args.reference_script).is_file():
+        raise UsageError(f"--reference_script {args.reference_script} does not exist")
+    if not args.reference_script and not (root / "scripts" / "train_sd3.py").is_file():
+        raise UsageError(f"{root / 'scripts' / 'train_sd3.py'} does not exist: pass --reference_script")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m elbo_kernels.integrations.flow_grpo_check", description=__doc__)
+    parser.add_argument("--flow_grpo", required=True, help="the FlowGRPO checkout (holds flow_grpo/ and scripts/)")
     parser.add_argument("--config", required=True, help="path.py:function, e.g. config/grpo.py:general_ocr_sd3")
     parser.add_argument("--model", help="override config.pretrained.model (hub id or local diffusers folder)")
-    parser.add_argument("--reference-script", help="an unmodified train_sd3.py (default: the checkout's, or git HEAD's)")
-    parser.add_argument("--num-steps", type=int, help="override config.sample.num_steps")
+    parser.add_argument("--reference_script", help="an unmodified train_sd3.py (default: the checkout's, or git HEAD's)")
+    parser.add_argument("--num_steps", type=int, help="override config.sample.num_steps")
     parser.add_argument("--resolution", type=int, help="override config.resolution")
     parser.add_argument("--prompt", action="append", help="a prompt of the batch (repeatable)")
     parser.add_argument("--device", help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", default="fp32", help="weights dtype: fp32 (default, tightest check), bf16, fp16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the result as JSON here")
-    args = parser.parse_args(argv)
-    result = check(args)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the check; returns the exit code (module docstring)."""
+    args = build_parser().parse_args(argv)
+    try:
+        check_paths(args)
+        result = check(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as error:  # noqa: BLE001 - the model's absence is one line; anything else is shown whole
+        if type(error).__name__ == "ModelNotAvailableError":
+            print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+            return EXIT_MODEL
+        traceback.print_exc()
+        print(f"error: the check could not run ({type(error).__name__}, above)", file=sys.stderr)
+        return EXIT_ERROR
     print(report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0 if result["ok"] else 1
+    return EXIT_PASS if result["ok"] else EXIT_FAIL
 
 
 if __name__ == "__main__":

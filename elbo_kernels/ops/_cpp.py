@@ -37,7 +37,7 @@ Command line:
                                                       (exit 1: no C++ kernels; with --require-cuda,
                                                       exit 2: C++ CPU kernels but no CUDA kernels)
   python -m elbo_kernels.ops._cpp --prebuild DIR      ahead-of-time build into DIR (setup.py uses it)
-  python -m elbo_kernels.ops._cpp --compile-cuda-only [-o FILE.o]
+  python -m elbo_kernels.ops._cpp --compile_cuda_only [-o FILE.o]
       compile csrc/cuda_kernels.cu to an object with nvcc -c against the installed
       torch headers (works with a CPU-only torch; catches CUDA code rot in CI).
 """
@@ -159,9 +159,45 @@ def _build(name: str, sources: Sequence[Path], with_cuda: bool) -> "tuple[Path, 
         return directory, "loaded from cache"
     what = "C++/CUDA kernels (first use, a few minutes)" if with_cuda else "C++ kernels (first use, about a minute)"
     print(f"elbo_kernels: building the {what} in {directory} ...", file=sys.stderr, flush=True)
-    _compile(name, inputs, with_cuda, directory)
+    start = time.perf_counter()
+    with _progress(directory, [s.name for s in sources]):
+        _compile(name, inputs, with_cuda, directory)
     _build_cache.mark_complete(directory, parts)
+    print(f"elbo_kernels: built the {name.rpartition('_')[2].upper()} kernels in {time.perf_counter() - start:.0f} s "
+          f"(cached: later processes load them)", file=sys.stderr, flush=True)
     return directory, "built"
+
+
+PROGRESS_SECONDS = 15.0
+
+
+class _progress:
+    """While a build runs, a line on stderr every PROGRESS_SECONDS: how many of the sources have
+    an object file yet, and the time so far (a silent minute looks like a hang)."""
+
+    def __init__(self, directory: Path, sources: Sequence[str]):
+        self.directory, self.sources = directory, list(sources)
+        self.done = threading.Event()
+        self.start = time.perf_counter()
+        self.thread = threading.Thread(target=self._report, name="elbo_kernels-build-progress", daemon=True)
+
+    def compiled(self) -> int:
+        stems = {Path(s).name.split(".")[0] for s in self.sources}
+        found = {p.name.split(".")[0] for p in self.directory.glob("*.o")} if self.directory.is_dir() else set()
+        return len(stems & found)
+
+    def _report(self) -> None:
+        while not self.done.wait(PROGRESS_SECONDS):
+            print(f"elbo_kernels: still building: {self.compiled()} of {len(self.sources)} sources compiled, "
+                  f"{time.perf_counter() - self.start:.0f} s so far", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
 
 
 def _flags(with_cuda: bool) -> List[str]:
@@ -386,9 +422,10 @@ def _run_nvcc(nvcc: str, src: Path, output: Path, include_dirs: List[str]) -> Pa
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m elbo_kernels.ops._cpp", description=__doc__.split("\n")[0])
-    parser.add_argument("--compile-cuda-only", action="store_true",
+    # ops/ imports nothing above it (elbo_kernels/_argparse.py): the dashed spelling is listed instead.
+    parser.add_argument("--compile_cuda_only", "--compile-cuda-only", action="store_true",
                         help="only compile csrc/cuda_kernels.cu with nvcc -c (no GPU or CUDA torch needed)")
-    parser.add_argument("-o", "--output", type=Path, default=None, help="object file for --compile-cuda-only")
+    parser.add_argument("-o", "--output", type=Path, default=None, help="object file for --compile_cuda_only")
     parser.add_argument("--prebuild", type=Path, default=None, metavar="DIR",
                         help="build every variant ahead of time into DIR (the package's _prebuilt/ at install)")
     parser.add_argument("--require-cuda", action="store_true",

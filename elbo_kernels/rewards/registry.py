@@ -134,11 +134,13 @@ def load_reward(path: str) -> RewardFn:
     if not isinstance(path, str) or not is_import_path(path):
         raise ValueError(f"reward must be a registered name or 'package.module:attribute', got {path!r}")
     module_name, _, attribute = path.partition(":")
+    searched = _search_current_directory()
+    importlib.invalidate_caches()  # a module written since the directory was last listed
     try:
         obj = importlib.import_module(module_name)
     except ImportError as error:
-        raise ValueError(f"reward {path!r}: cannot import module {module_name!r} ({error}); is it installed or "
-                         f"on PYTHONPATH?") from error
+        raise ValueError(f"reward {path!r}: cannot import module {module_name!r} ({error}); looked in the current "
+                         f"directory ({searched}), the installed packages and PYTHONPATH") from error
     for name in attribute.split("."):
         if not hasattr(obj, name):
             raise ValueError(f"reward {path!r}: {getattr(obj, '__name__', module_name)!r} has no attribute {name!r}")
@@ -155,6 +157,19 @@ def load_reward(path: str) -> RewardFn:
         raise TypeError(f"reward {path!r} takes one required argument: a reward function takes (images, prompts, "
                         f"metadata) and a factory none (wrap a factory that needs e.g. a device in one that doesn't)")
     return multi_score({path: 1.0}, {path: obj})
+
+
+def _search_current_directory() -> str:
+    """Make modules in the current directory importable, as ``python -m`` and pytest do, so that
+    ``--reward my_rewards:darkness`` works next to my_rewards.py. Appended to sys.path, after the
+    installed packages: a local file never shadows one of them. Returns the directory."""
+    import os
+    import sys
+
+    here = os.getcwd()
+    if not any(os.path.abspath(entry or os.curdir) == here for entry in sys.path):
+        sys.path.append(here)
+    return here
 
 
 def _required_arguments(fn) -> int:

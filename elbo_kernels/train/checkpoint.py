@@ -36,7 +36,7 @@ import torch
 
 from .._checksums import COMPLETE, manifest, sizes_match
 from . import faults
-from .errors import storage_cause, storage_error
+from .errors import option, storage_cause, storage_error
 
 PREFIX = "epoch-"
 TRASH = ".trash-"
@@ -107,7 +107,7 @@ def write_checkpoint(root: Path, epoch: int, write_contents, keep: int) -> Path:
         previous = latest_checkpoint(root)
         raise storage_error(error, root, what=f"write checkpoint {final.name} in", next_step=(
             f"the last complete checkpoint ({previous.name if previous else 'none'}) is intact: free some space, "
-            f"then run again with --resume")) from error
+            f"then run again with {option('resume')}")) from error
     faults.point("checkpoint_rename", epoch)
     if final.exists():
         # Rewriting an epoch (rare): move the old one aside atomically, never delete it in place,

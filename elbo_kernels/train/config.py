@@ -31,11 +31,12 @@ from ..estimators import DEPRECATED_WEIGHTINGS, ESTIMATORS, NOISE_MODES, SDE_TYP
 from ..objectives import KL_ESTIMATORS, OBJECTIVES
 from ..objectives.kl import VELOCITY_KLS
 from ..sampling import ODE_METHODS
+from .._argparse import choices_metavar
 from .errors import ConfigError
 from .trackers import REPORT_TO
 
 # Keys whose value may be None ("none" on the command line).
-OPTIONAL = ("kl", "stop_at", "prompts", "weights_dtype", "resolution", "shift", "frames", "guidance",
+OPTIONAL = ("output_dir", "kl", "stop_at", "prompts", "weights_dtype", "resolution", "shift", "frames", "guidance",
             "lora_target_modules", "timestep_proposal", "trajectory_steps", "eval_num_steps", "eval_guidance_scale",
             "timestep_last_step")
 SAMPLERS = ("ode", "sde")
@@ -46,6 +47,41 @@ ADVANTAGE_STDS = ("group", "global")
 ROLLOUT_POLICIES = ("old", "current")
 
 
+def choices() -> Dict[str, tuple]:
+    """The keys that take one of a set of values, and those values: validate() checks them, `train --help`
+    shows them as {...}. Built on each call: a row added to the OBJECTIVES table later counts."""
+    return {
+        "sampler": SAMPLERS,
+        "ode_method": ODE_METHODS,
+        "sde_type": SDE_TYPES,
+        "estimator": ESTIMATORS,
+        "timestep_sampler": TIMESTEP_SAMPLERS,
+        "noise_mode": NOISE_MODES,
+        "objective": tuple(OBJECTIVES),
+        "weighting": WEIGHTINGS + tuple(DEPRECATED_WEIGHTINGS),
+        "kl": KL_ESTIMATORS + (None,),
+        "anchor_kl": VELOCITY_KLS,
+        "advantage_mode": ADVANTAGE_MODES,
+        "backend": BACKENDS,
+        "mixed_precision": ("no", "fp16", "bf16"),
+        "on_non_finite": ON_NON_FINITE,
+        "report_to": REPORT_TO,
+        "task": TASKS,
+        "trajectory_step_order": TRAJECTORY_STEP_ORDERS,
+        "advantage_std": ADVANTAGE_STDS,
+        "rollout_policy": ROLLOUT_POLICIES,
+        "weights_dtype": (None, "fp32", "bf16", "fp16"),
+    }
+
+
+# `train --help` groups: each starts at the named key and runs to the next (the sections of TrainConfig);
+# keys whose field says "deprecated" are listed apart, in one group, whatever their place.
+HELP_GROUPS = (("model", "what to train, on what, where"), ("epochs", "rollouts (with the old policy)"),
+               ("estimator", "likelihood estimator and objective"), ("lr", "optimisation"),
+               ("on_non_finite", "failures (docs/reliability.md)"),
+               ("eval_every", "evaluation, logging, checkpoints"))
+
+
 @dataclass
 class TrainConfig:
     # What to train, on what, where.
@@ -54,7 +90,9 @@ class TrainConfig:
                       "digit_geneval (GenEval-like compositions; docs/digit_geneval.md)"})
     reward: str = field(default="digit", metadata={"help": "reward name (see elbo_kernels.rewards), weighted "
                         "list 'a:0.5,b:0.5', or your own 'package.module:attribute' (FlowGRPO's reward signature)"})
-    output_dir: str = field(default="outputs/digits", metadata={"help": "where metrics, plots and checkpoints go"})
+    output_dir: Optional[str] = field(default=None, metadata={"help": "where metrics, plots and checkpoints go (none = "
+                                      "outputs/TASK, or outputs/TASK-2, -3, ... when that holds another run; with "
+                                      "resume the newest of them; TASK is the model's folder name for other models)"})
     seed: int = field(default=0, metadata={"help": "global seed (each epoch and process derives its own)"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint that verifies"})
     overwrite: bool = field(default=False, metadata={"help": "delete another run's files in output_dir first "
@@ -70,7 +108,8 @@ class TrainConfig:
         "help": "comma-separated module names for LoRA (none = the model family's attention projections)"})
 
     # Rollouts (with the old policy).
-    epochs: int = field(default=80, metadata={"help": "number of epochs (rollout + update rounds)"})
+    epochs: int = field(default=80, metadata={"help": "number of epochs (rollout + update rounds)",
+                                              "aka": ("num_epochs", "max_epochs")})
     prompts_per_epoch: int = field(default=10, metadata={"help": "distinct prompts per epoch"})
     group_size: int = field(default=8, metadata={"help": "rollouts per prompt (the advantage group)"})
     sampler: str = field(default="ode", metadata={"help": "rollout sampler: ode | sde"})
@@ -86,7 +125,7 @@ class TrainConfig:
     # Likelihood estimator and objective.
     estimator: str = field(default="elbo", metadata={"help": "elbo (final sample) | trajectory (SDE steps)"})
     draws_per_sample: int = field(default=4, metadata={"help": "K: ELBO draws (t, eps) per sample (estimator elbo); "
-                                  "also the SDE steps trained when trajectory_steps is none (the older meaning)"})
+                                  "with estimator trajectory, the SDE steps trained when trajectory_steps is none"})
     trajectory_steps: Optional[int] = field(default=None, metadata={"help": "estimator trajectory: SDE steps trained "
                                             "per sample (none = draws_per_sample; FlowGRPO's SD3 configs: 9 of 10)"})
     trajectory_step_order: str = field(default="random", metadata={"help": "estimator trajectory: which steps are "
@@ -127,7 +166,7 @@ class TrainConfig:
     backend: str = field(default="auto", metadata={"help": "kernel backend: auto | torch | cpu | cuda | triton"})
 
     # Optimisation.
-    lr: float = field(default=3e-3, metadata={"help": "AdamW learning rate"})
+    lr: float = field(default=3e-3, metadata={"help": "AdamW learning rate", "aka": ("learning_rate",)})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0 = off)"})
     inner_steps: int = field(default=1, metadata={"help": "optimizer steps per epoch: the shuffled batch is split "
@@ -161,8 +200,8 @@ class TrainConfig:
     checkpoint_every: int = field(default=20, metadata={"help": "epochs between checkpoints (the last is always saved)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "complete checkpoints kept on disk"})
     plots: bool = field(default=True, metadata={"help": "write curve.png and sample grids"})
-    tensorboard: bool = field(default=True, metadata={"help": "false turns TensorBoard off whatever report_to says "
-                              "(the older key)"})
+    tensorboard: bool = field(default=True, metadata={"help": "false turns TensorBoard off whatever report_to says",
+                                                      "deprecated": "use --report_to to choose the trackers"})
     report_to: str = field(default="tensorboard", metadata={"help": "experiment trackers (through accelerate): "
                            "tensorboard | wandb | all | none; wandb needs pip install -e \".[wandb]\""})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -183,28 +222,7 @@ class TrainConfig:
         What an objective needs (advantages, estimators) comes from its record in OBJECTIVES
         (objectives/table.py), what an advantage mode gives from ADVANTAGE_MODE_RECORDS
         (advantages/modes.py)."""
-        choices = {
-            "sampler": SAMPLERS,
-            "ode_method": ODE_METHODS,
-            "sde_type": SDE_TYPES,
-            "estimator": ESTIMATORS,
-            "timestep_sampler": TIMESTEP_SAMPLERS,
-            "noise_mode": NOISE_MODES,
-            "objective": tuple(OBJECTIVES),
-            "weighting": WEIGHTINGS + tuple(DEPRECATED_WEIGHTINGS),
-            "kl": KL_ESTIMATORS + (None,),
-            "anchor_kl": VELOCITY_KLS,
-            "advantage_mode": ADVANTAGE_MODES,
-            "backend": BACKENDS,
-            "mixed_precision": ("no", "fp16", "bf16"),
-            "on_non_finite": ON_NON_FINITE,
-            "report_to": REPORT_TO,
-            "task": TASKS,
-            "trajectory_step_order": TRAJECTORY_STEP_ORDERS,
-            "advantage_std": ADVANTAGE_STDS,
-            "rollout_policy": ROLLOUT_POLICIES,
-        }
-        for key, allowed in choices.items():
+        for key, allowed in choices().items():
             _require(getattr(self, key) in allowed, key, getattr(self, key), "one of " + ", ".join(map(repr, allowed)))
         for key in ("epochs", "prompts_per_epoch", "group_size", "num_steps", "draws_per_sample", "eval_seeds",
                     "keep_checkpoints", "max_consecutive_skips", "inner_steps"):
@@ -234,9 +252,11 @@ class TrainConfig:
                  f"a divisor of prompts_per_epoch * group_size ({self.batch_size}): the batch is split into equal parts")
         for key in ("resume", "overwrite", "plots", "tensorboard", "progress", "group_draws"):
             _require(isinstance(getattr(self, key), bool), key, getattr(self, key), "true or false")
-        for key in ("model", "reward", "output_dir"):
+        for key in ("model", "reward"):
             _require(isinstance(getattr(self, key), str) and getattr(self, key) != "", key, getattr(self, key),
                      "a non-empty string")
+        _require(self.output_dir is None or (isinstance(self.output_dir, str) and self.output_dir != ""),
+                 "output_dir", self.output_dir, "none (a directory per task and run) or a non-empty string")
         _require(self.guidance_scale >= 1, "guidance_scale", self.guidance_scale, ">= 1 (1 = no CFG)")
         objective, mode = OBJECTIVES[self.objective], ADVANTAGE_MODE_RECORDS[self.advantage_mode]
         if mode.uses_std and self.group_size == 1:
@@ -284,8 +304,6 @@ class TrainConfig:
                      self.timestep_proposal, "none unless estimator 'elbo' with timestep_sampler 'grid'")
             _require(_proposal_ok(self.timestep_proposal, self.num_steps), "timestep_proposal", self.timestep_proposal,
                      f"{self.num_steps} comma-separated numbers > 0 (one per positive grid step, num_steps)")
-        _require(self.weights_dtype in (None, "fp32", "bf16", "fp16"), "weights_dtype", self.weights_dtype,
-                 "none, 'fp32', 'bf16' or 'fp16'")
         _require(self.resolution is None or (isinstance(self.resolution, int) and self.resolution > 0),
                  "resolution", self.resolution, "none or an int > 0")
         _require(self.frames is None or (isinstance(self.frames, int) and not isinstance(self.frames, bool)
@@ -373,18 +391,36 @@ def _require(ok: bool, key: str, value, allowed: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One --key per config field (with its help and default); --config FILE loads YAML first."""
+    """One --key per config field, with its help and default, in the groups of HELP_GROUPS (deprecated
+    keys apart); keys of choices() show their values as {...}, booleans as bare flags (``--resume``, or
+    ``--resume false``); a field's "aka" names (``--learning_rate``) are offered as corrections.
+    --config FILE loads YAML first."""
     parser.add_argument("--config", help="YAML file of config values (command-line flags override it)")
+    starts, allowed = dict(HELP_GROUPS), choices()
+    group, deprecated = None, None
     for f in fields(TrainConfig):
+        if f.name in starts:
+            group = parser.add_argument_group(starts[f.name])
         default = f.default
+        help_text = f.metadata.get("help", "")
+        target = group
+        if f.metadata.get("deprecated"):
+            deprecated = deprecated or parser.add_argument_group("deprecated (still accepted)")
+            target, help_text = deprecated, f"{help_text}; deprecated: {f.metadata['deprecated']}"
         kind = {bool: _parse_bool, int: int, float: float}.get(type(default), str)
         if f.name in OPTIONAL:
             kind = str
-        parser.add_argument(
-            f"--{f.name}", dest=f.name, type=kind, default=argparse.SUPPRESS,
-            help=f"{f.metadata.get('help', '')} (default: {default})",
-            **({"nargs": "?", "const": True} if isinstance(default, bool) else {}),
-        )
+        extra = {}
+        if isinstance(default, bool):
+            extra = {"nargs": "?", "const": True}
+        elif f.name in allowed:
+            extra = {"metavar": choices_metavar(allowed[f.name])}
+        shown = str(default).lower() if isinstance(default, bool) or default is None else default
+        target.add_argument(f"--{f.name}", dest=f.name, type=kind, default=argparse.SUPPRESS,
+                            help=f"{help_text} (default: {shown})", **extra)
+        hints = getattr(parser, "hints", None)
+        if hints is not None:
+            hints.update({f"--{name}": f"--{f.name}" for name in f.metadata.get("aka", ())})
 
 
 def _parse_bool(text: str) -> bool:

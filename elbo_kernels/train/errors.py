@@ -30,6 +30,24 @@ EXIT_NON_FINITE = 6
 EXIT_MODEL = 7
 EXIT_INTERRUPTED = 130
 
+# How a message names a config key: "--resume" on the command line (cli.py switches it on),
+# "resume=True" from Python, where a flag means nothing to the reader.
+_COMMAND_LINE = [False]
+
+
+def set_command_line(on: bool) -> None:
+    """Messages name config keys as command-line flags (``on``) or as Python arguments."""
+    _COMMAND_LINE[0] = bool(on)
+
+
+def option(key: str, value=True) -> str:
+    """``--key`` / ``--key VALUE`` on the command line, ``key=VALUE`` from Python (``key=...`` when
+    ``value`` is None: a value of the user's choice)."""
+    if _COMMAND_LINE[0]:
+        return f"--{key}" + ("" if value is True else " ..." if value is None else f" {value}")
+    return f"{key}=" + ("..." if value is None else repr(value))
+
+
 # errno values that mean "no room": a full disk, a quota, a file-size limit.
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # errno values that mean "not allowed to write here".
@@ -47,13 +65,13 @@ class ConfigError(ValueError):
 
 
 class OutputDirError(ValueError):
-    """The output directory holds another run's files (and neither --resume nor --overwrite was given)."""
+    """The output directory holds another run's files (and neither resume nor overwrite was given)."""
 
     exit_code = EXIT_USAGE
 
 
 class ResumeError(ValueError):
-    """--resume cannot continue: the checkpoint's config differs, or no checkpoint verifies."""
+    """resume cannot continue: the checkpoint's config differs, or no checkpoint verifies."""
 
     exit_code = EXIT_RESUME
 
@@ -131,7 +149,7 @@ def storage_error(error: BaseException, path, what: str = "write", next_step: st
     else:
         import os
 
-        message = f"cannot {what} {path}: {os.strerror(code)}; choose a writable --output_dir"
+        message = f"cannot {what} {path}: {os.strerror(code)}; choose a writable {option('output_dir', None)}"
     result = StorageError(code, message)
     result.filename = str(path)
     return result

@@ -12,7 +12,7 @@ from typing import Dict, Optional
 from tqdm.auto import tqdm
 
 from .checkpoint import write_json
-from .errors import OutputDirError
+from .errors import OutputDirError, option
 
 GRID_SEEDS = 8
 GRID_ROWS = 10
@@ -36,8 +36,9 @@ def claim_output_dir(root: Path, *, resume: bool, overwrite: bool, main_process:
     if not found:
         return
     if not overwrite:
-        raise OutputDirError(f"output_dir {root} holds another run ({', '.join(found)}): pass --resume to continue "
-                             f"it, --overwrite to delete it first, or choose another --output_dir")
+        raise OutputDirError(f"output_dir {root} holds another run ({', '.join(found)}): pass {option('resume')} to "
+                             f"continue it, {option('overwrite')} to delete it first, or choose another "
+                             f"{option('output_dir', None)}")
     if main_process:
         for name in found:
             path = root / name
@@ -149,6 +150,7 @@ class RunOutputs:
         phases = ("rollout", "reward", "loss_backward", "optimizer")
         totals = {p: sum(r.get(f"seconds_{p}", 0.0) for r in history) for p in phases}
         summary = {
+            "metric": metric,
             f"{metric}_before": before.get("digiteval", before.get(metric)),
             f"{metric}_after": after.get(metric),
             "diversity_before": before.get("diversity"),

@@ -28,25 +28,27 @@ def curve_figure(history: list, *, metric: str = "digiteval", before: Optional[f
     ax.plot(seconds, [r["reward_mean"] for r in history], color="tab:blue", label="reward (mean)")
     ax.set_xlabel("wall-clock seconds")
     ax.set_ylabel("reward", color="tab:blue")
-    ax2 = ax.twinx()
     evaluated = [r for r in history if metric in r]
-    xs, ys = [r["seconds"] for r in evaluated], [r[metric] for r in evaluated]
-    if before is not None:
-        xs, ys = [0.0] + xs, [before] + ys
-    ax2.plot(xs, ys, "o-", color="tab:red", label=metric)
-    diversity = [(r["seconds"], r["diversity"]) for r in evaluated if "diversity" in r]
-    if diversity_before is not None and diversity:
-        diversity = [(0.0, diversity_before)] + diversity
-    if diversity:
-        ax2.plot(*zip(*diversity), "s--", color="tab:green", label="diversity ratio", alpha=0.7)
-    ax2.axhline(THRESHOLD, color="grey", lw=0.8, ls=":", label=f"{metric} {THRESHOLD}")
-    # Every plotted value must be inside the axis: diversity starts above 1 (1.18 on DigitEval).
-    top = max([1.0] + ys + [d for _, d in diversity])
-    ax2.set_ylim(0, top + 0.05)
-    ax2.set_ylabel(f"{metric} / diversity")
     lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower right", fontsize=8)
+    if evaluated:  # a task that only has a reward gets no metric axis, and no metric threshold line
+        ax2 = ax.twinx()
+        xs, ys = [r["seconds"] for r in evaluated], [r[metric] for r in evaluated]
+        if before is not None:
+            xs, ys = [0.0] + xs, [before] + ys
+        ax2.plot(xs, ys, "o-", color="tab:red", label=metric)
+        diversity = [(r["seconds"], r["diversity"]) for r in evaluated if "diversity" in r]
+        if diversity_before is not None and diversity:
+            diversity = [(0.0, diversity_before)] + diversity
+        if diversity:
+            ax2.plot(*zip(*diversity), "s--", color="tab:green", label="diversity ratio", alpha=0.7)
+        ax2.axhline(THRESHOLD, color="grey", lw=0.8, ls=":", label=f"{metric} {THRESHOLD}")
+        # Every plotted value must be inside the axis: diversity starts above 1 (1.18 on DigitEval).
+        top = max([1.0] + ys + [d for _, d in diversity])
+        ax2.set_ylim(0, top + 0.05)
+        ax2.set_ylabel(f"{metric} / diversity")
+        lines2 = ax2.get_legend_handles_labels()
+        lines = (lines[0] + lines2[0], lines[1] + lines2[1])
+    ax.legend(*lines, loc="lower right", fontsize=8)
     ax.set_title("RL fine-tuning")
     fig.tight_layout()
     return fig
@@ -83,7 +85,9 @@ def grid_figure(images: torch.Tensor, prompts: Sequence[str], seeds: Sequence[in
     for i in range(rows):
         for j in range(cols):
             ax = axes[i, j]
-            ax.imshow(images[i, j].numpy(), cmap="gray_r" if grayscale else None, vmin=0, vmax=1)
+            # Pixel value 0 black, 1 white, as the model and the rewards see it: a brightness or
+            # darkness reward shows as brighter or darker images (gray_r drew them inverted).
+            ax.imshow(images[i, j].numpy(), cmap="gray" if grayscale else None, vmin=0, vmax=1)
             # Ticks and frame off, but not the axis: its labels carry the prompt and the seed.
             ax.set_xticks([])
             ax.set_yticks([])

@@ -16,7 +16,7 @@ from .policies import adapter_names
 from . import faults, sharding
 from .checkpoint import (checkpoint_dirs, quarantine, rng_state, save_torch, set_rng_state, tidy, write_checkpoint,
                          write_json)
-from .errors import ResumeError, RunWarning
+from .errors import ResumeError, RunWarning, option
 
 
 class CheckpointWarning(RunWarning):
@@ -161,7 +161,7 @@ def verified_checkpoint(root: Path, main_process: bool = True) -> Optional[Path]
                           f"checkpoint", CheckpointWarning, stacklevel=2)
     if failed:
         raise ResumeError(f"no checkpoint under {root} verifies ({'; '.join(failed)}); nothing was loaded. Restore "
-                          f"the files, or start the run again with --overwrite")
+                          f"the files, or start the run again with {option('overwrite')}")
     return None
 
 

@@ -37,14 +37,15 @@ from typing import Dict, Optional
 import numpy as np
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list
 
 from ..advantages import PerPromptStatTracker
 from ..backends import resolve_backend
 from ..estimators import weighting_record
 from ..objectives import objective_record
 from ..sampling import cfg_velocity, ode_sample, sde_sample, timestep_grid
-from . import faults
+from . import faults, resume_notes, run_dir
 from .config import TrainConfig, require_known_reward
 from .errors import ConfigError, NonFiniteError, RewardError, RunWarning  # noqa: F401 - re-exported
 from .nonfinite import SKIP_REASONS, NonFiniteGuard  # noqa: F401 - SKIP_REASONS re-exported
@@ -60,9 +61,13 @@ from .task import Task, load_task
 
 class Trainer(PolicySet, NonFiniteGuard):
     def __init__(self, config: TrainConfig, task: Optional[Task] = None):
-        self.config = config.validate()
+        config.validate()
         if task is None:
             require_known_reward(config.reward)
+        # output_dir none: a directory per task and run, chosen once for every process (run_dir.py).
+        state = PartialState(cpu=not torch.cuda.is_available())
+        broadcast = (lambda value: broadcast_object_list([value])[0]) if state.num_processes > 1 else None
+        self.config = config = run_dir.resolve(config, state.is_main_process, broadcast)
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
         self.sharded = check_fsdp_launch(config)  # FSDP2, see sharding.py
@@ -86,6 +91,10 @@ class Trainer(PolicySet, NonFiniteGuard):
                               f"processes ({world}), so every process holds an equal share")
         claim_output_dir(Path(config.output_dir), resume=config.resume, overwrite=config.overwrite,
                          main_process=self.accelerator.is_main_process)
+        # Resuming a finished run changes nothing (resume_notes.py): no model is even loaded.
+        self.finished = resume_notes.finished_summary(config) if config.resume else None
+        if self.finished is not None:
+            return
         # Build or load the fused kernels now, not inside the first timed epoch: a first build takes a
         # minute, which showed as a flat gap in the learning curve and a progress bar stuck at 0%.
         resolve_backend(config.backend, self.device)
@@ -387,9 +396,16 @@ class Trainer(PolicySet, NonFiniteGuard):
 
     def _fit(self) -> dict:
         cfg = self.config
+        main = self.accelerator.is_main_process
+        if self.finished is not None:
+            if main:
+                print(resume_notes.finished_line(self.finished, cfg), flush=True)
+            return self.finished
         start = time.perf_counter()
         if cfg.resume and load_state(self):
             before = self.output.summary_before
+            if main:
+                print(resume_notes.resumed_line(self.output.checkpoint, self.epoch, cfg.epochs), flush=True)
         else:
             if cfg.resume and self.accelerator.is_main_process:
                 warnings.warn(f"nothing to resume in {cfg.output_dir} (no checkpoint): starting a fresh run",
@@ -398,6 +414,7 @@ class Trainer(PolicySet, NonFiniteGuard):
             self.output.start(before, self.sample, self.task.prompts)
         clock = self.output.clock_offset
         progress = self.output.progress(cfg.epochs, initial=self.epoch)
+        reached = False
         for epoch in range(self.epoch, cfg.epochs):
             timer = self.output.timer()
             self._epoch_number = epoch + 1
@@ -453,6 +470,9 @@ class Trainer(PolicySet, NonFiniteGuard):
             if reached:
                 break
         progress.close()
+        if reached and main:  # the progress bar stops short of epochs: say why
+            print(f"stopped early at epoch {self.epoch} of {cfg.epochs}: {self.task.metric} "
+                  f"{record[self.task.metric]:.3f} reached stop_at {cfg.stop_at:g}", flush=True)
         return self.output.finish(self, before, clock + time.perf_counter() - start)
 
 

@@ -1,7 +1,7 @@
 """Flow-matching pretraining of the DigitGenEval model, with noisy captions and prompt dropout.
 
     python -m elbo_kernels.models.digit_geneval.pretrain --shipped          # the shipped model (3 stages)
-    python -m elbo_kernels.models.digit_geneval.pretrain [--steps 4000] [--label-noise 0.4] [--init W]
+    python -m elbo_kernels.models.digit_geneval.pretrain [--steps 4000] [--label_noise 0.4] [--init W]
 
 Renders a fixed training set of canvases (``--dataset`` random compositions, all categories
 equally likely, digits from all 1,797 images; :func:`~.canvas.render`), then trains the
@@ -20,7 +20,6 @@ judges first (``python -m elbo_kernels.models.digit_geneval.train_judges``).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..._argparse import Parser
 from tqdm import tqdm
 
 from .canvas import render
@@ -92,32 +93,32 @@ def pretrain_shipped(out: str, threads: int = 1) -> dict:
         for i, (steps, label_noise, seed) in enumerate(SHIPPED_STAGES):
             path = out if i == len(SHIPPED_STAGES) - 1 else str(Path(tmp) / f"stage{i + 1}.safetensors")
             print(f"stage {i + 1}/{len(SHIPPED_STAGES)}: {steps} steps, label noise {label_noise}, seed {seed}")
-            record = main(["--steps", str(steps), "--label-noise", str(label_noise), "--seed", str(seed),
+            record = main(["--steps", str(steps), "--label_noise", str(label_noise), "--seed", str(seed),
                            "--threads", str(threads), "--out", path, *(["--init", previous] if previous else [])])
             previous = path
     return record
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__)
     parser.add_argument("--shipped", action="store_true", help="reproduce the shipped model: every stage of "
                         "SHIPPED_STAGES in sequence (uses only --out and --threads of the other options)")
     parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--dataset", type=int, default=20000, help="rendered training canvases")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--label-noise", type=float, default=0.4)
-    parser.add_argument("--label-dropout", type=float, default=0.1)
+    parser.add_argument("--label_noise", type=float, default=0.4)
+    parser.add_argument("--label_dropout", type=float, default=0.1)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--eval-every", type=int, default=0, help="measure (and snapshot) every N steps; 0 = only at the end")
-    parser.add_argument("--snapshots", default=None, help="directory for the EMA weights at each --eval-every step")
+    parser.add_argument("--eval_every", type=int, default=0, help="measure (and snapshot) every N steps; 0 = only at the end")
+    parser.add_argument("--snapshots", default=None, help="directory for the EMA weights at each --eval_every step")
     parser.add_argument("--out", default=str(FLOW_WEIGHTS), help="safetensors path (json written beside it)")
     parser.add_argument("--init", default=None, help="start the model and its EMA from these weights (a second "
                         "stage: fresh optimizer and warm-up, the dataset and draws of --seed)")
-    parser.add_argument("--record-only", default=None, help="copy these EMA weights (a --snapshots file of a run "
+    parser.add_argument("--record_only", default=None, help="copy these EMA weights (a --snapshots file of a run "
                         "with the same arguments) to --out and write its record, without training")
     args = parser.parse_args(argv)
     if args.shipped:

@@ -44,7 +44,8 @@ def score_images(images, digits) -> dict:
     real = real_diversity()
     return {
         "digiteval": float(correct.mean()),
-        "diversity": float(np.mean(list(per_class.values())) / real),
+        # One image per digit (eval_seeds 1) has no spread to measure: None, not numpy's NaN and warning.
+        "diversity": float(np.mean(list(per_class.values())) / real) if per_class else None,
         "reward_agreement": float((reward_pred == eval_pred).mean()),
         "reward": float(reward_probs[np.arange(len(digits)), digits].mean()),
         "reward_accuracy": float((reward_pred == digits).mean()),

@@ -1,6 +1,6 @@
 """Flow-matching pretraining of the embedded digits model, with noisy labels.
 
-    python -m elbo_kernels.models.digits.pretrain [--steps 3000] [--label-noise 0.6]
+    python -m elbo_kernels.models.digits.pretrain [--steps 3000] [--label_noise 0.6]
 
 Trains the tiny SD3 transformer and the prompt encoder on all 1,797 digits with
 the rectified-flow loss || v(x_t, t, c) - (eps - x0) ||^2, x_t = (1 - t) x0 + t eps,
@@ -17,7 +17,6 @@ Needs the judges (``python -m elbo_kernels.models.digits.train_judges``) first.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -25,6 +24,8 @@ import time
 
 import numpy as np
 import torch
+
+from ..._argparse import Parser
 
 from .data import NUM_CLASSES, load_images, real_diversity, to_latents
 from .model import (
@@ -62,13 +63,13 @@ def measure(model: DigitsModel, guidance_scales=(1.0, 4.5), methods=("euler", "d
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__)
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--label-noise", type=float, default=0.6)
-    parser.add_argument("--label-dropout", type=float, default=0.1)
+    parser.add_argument("--label_noise", type=float, default=0.6)
+    parser.add_argument("--label_dropout", type=float, default=0.1)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
