@@ -227,7 +227,7 @@ def steps_for(args, python: str, env: Dict[str, str], out: Path) -> List[Step]:
         # N = 432 first (48 prompts x 9 draws, far beyond L2): what a stopped run must not miss.
         bench = ["--device", "cuda", "--sizes", "432", "64", "--dtypes", "bfloat16", "float32", "--repeats", "10"]
         train = ["--device", "cuda"]
-        build = [python, "-m", "elbo_kernels.ops._cpp", "--require-cuda"]
+        build = [python, "-m", "elbo_kernels.ops._cpp", "--require_cuda"]
     return [
         Step("build", build, limits["build"], dict(env, ELBO_KERNELS_REQUIRE_CPP="0")),
         Step("info", [python, "-m", "elbo_kernels.cli", "info"], limits["info"], env),

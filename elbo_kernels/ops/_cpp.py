@@ -34,7 +34,7 @@ Environment:
 
 Command line:
   python -m elbo_kernels.ops._cpp                     build (if needed) and print the status
-                                                      (exit 1: no C++ kernels; with --require-cuda,
+                                                      (exit 1: no C++ kernels; with --require_cuda,
                                                       exit 2: C++ CPU kernels but no CUDA kernels)
   python -m elbo_kernels.ops._cpp --prebuild DIR      ahead-of-time build into DIR (setup.py uses it)
   python -m elbo_kernels.ops._cpp --compile_cuda_only [-o FILE.o]
@@ -428,7 +428,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("-o", "--output", type=Path, default=None, help="object file for --compile_cuda_only")
     parser.add_argument("--prebuild", type=Path, default=None, metavar="DIR",
                         help="build every variant ahead of time into DIR (the package's _prebuilt/ at install)")
-    parser.add_argument("--require-cuda", action="store_true",
+    parser.add_argument("--require_cuda", "--require-cuda", action="store_true",
                         help="exit 2 when the C++ CPU kernels load but the CUDA kernels do not")
     args = parser.parse_args(argv)
     if args.prebuild is not None:
