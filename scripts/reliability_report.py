@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from elbo_kernels._safe_load import load_checkpoint_file  # noqa: E402
 from elbo_kernels.train import TrainConfig, Trainer  # noqa: E402
 from elbo_kernels.train import faults  # noqa: E402
 from elbo_kernels.train.checkpoint import is_complete, latest_checkpoint  # noqa: E402
@@ -123,7 +124,7 @@ def final_state(out: Path, epoch: Optional[int] = None) -> Dict[str, object]:
     for file in sorted(path.rglob("*.safetensors")):
         for key, value in load_file(str(file)).items():
             state[f"{file.relative_to(path)}:{key}"] = value
-    optimizer = torch.load(path / "optimizer.pt", weights_only=False)
+    optimizer = load_checkpoint_file(path / "optimizer.pt")
     for index, values in optimizer["state"].items():
         for key, value in values.items():
             state[f"optimizer:{index}:{key}"] = value

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .._checksums import CorruptCheckpointError, verify
+from .._safe_load import UnsafePickleError, load_checkpoint_file
 from ..models.lora import ADAPTER_WEIGHTS, PEFT_PREFIX, load_adapter, save_adapter
 from . import faults, sharding
 from .checkpoint import (checkpoint_dirs, quarantine, rng_state, save_torch, set_rng_state, tidy, write_checkpoint,
@@ -186,6 +187,8 @@ def load_state(trainer) -> bool:
     check_resumable(state.get("config", {}), cfg.to_dict(), path)
     try:
         _load_weights(trainer, path)
+    except UnsafePickleError as error:
+        raise ResumeError(str(error)) from None
     except (OSError, RuntimeError, ValueError, KeyError) as error:
         raise ResumeError(f"checkpoint {path} verified but does not load into this model "
                           f"({type(error).__name__}: {' '.join(str(error).split())[:300]})") from error
@@ -220,8 +223,8 @@ def _load_weights(trainer, path: Path) -> None:
         if not (path / "optimizer.pt").is_file():
             raise FileNotFoundError(f"checkpoint {path} has no optimizer.pt: it was written by a sharded (FSDP) run; "
                                     f"resume it under the same accelerate FSDP config")
-        trainer.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+        trainer.optimizer.load_state_dict(load_checkpoint_file(path / "optimizer.pt"))
+    set_rng_state(load_checkpoint_file(path / "rng.pt"))
 
 
 def _load_sharded(trainer, path: Path) -> None:
