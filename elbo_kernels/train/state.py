@@ -72,8 +72,11 @@ def _check_gathered(weights: dict, optimizer: dict) -> None:
                 raise RuntimeError(f"refusing to checkpoint: optimizer state {key!r} of {name} holds non-finite values")
 
 
-def save_state(trainer, before: dict) -> Optional[Path]:
+def save_state(trainer, before: dict, rng: Optional[dict] = None) -> Optional[Path]:
     """Write a complete checkpoint for the trainer's current epoch; returns its directory.
+
+    ``rng``: the RNG states to store (default: the current ones; an abandoned epoch passes those
+    of its start, preemption.py).
 
     Sharded runs (FSDP) gather full state dicts first, on every process, and write the same layout
     (sharding.py says why), with the optimizer state keyed by parameter name."""
@@ -113,7 +116,7 @@ def save_state(trainer, before: dict) -> Optional[Path]:
             save_torch(optimizer, tmp / sharding.OPTIMIZER_FILE)
         else:
             save_torch(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
-        save_torch(rng_state(), tmp / "rng.pt")
+        save_torch(rng if rng is not None else rng_state(), tmp / "rng.pt")
         write_json(tmp / "trainer_state.json", {
             "epoch": trainer.epoch,
             "step": trainer.step,
@@ -242,16 +245,33 @@ def _load_sharded(trainer, path: Path) -> None:
     sharding.load_optimizer(trainer.transformer, trainer.optimizer, path / sharding.OPTIMIZER_FILE)
 
 
-def check_resumable(saved: dict, current: dict, path: Path) -> None:
+def check_same_run(root: Path, current: dict) -> None:
+    """resume 'auto': ResumeError when ``root/config.yaml`` (written at the start of every run) is another
+    run's, one whose config differs in a key that must match. Checked before anything is written, so a
+    refused directory is left as it was; nothing there (a first submission) passes."""
+    import yaml
+
+    path = root / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ResumeError(f"cannot tell whether {root} holds this run: {path} cannot be read "
+                          f"({' '.join(str(error).split())[:200]})") from None
+    check_resumable(saved if isinstance(saved, dict) else {}, current, path, warn=False)
+
+
+def check_resumable(saved: dict, current: dict, path: Path, warn: bool = True) -> None:
     """ResumeError (a ValueError) when the run's config differs from the checkpoint's in a key that must match;
-    a warning for other differences (the resumed run is then not the uninterrupted one)."""
+    a warning (with ``warn``) for other differences (the resumed run is then not the uninterrupted one)."""
     mismatched = [k for k in RESUME_MUST_MATCH if k in saved and saved[k] != current.get(k)]
     if mismatched:
         details = ", ".join(f"{k}: checkpoint {saved[k]!r}, now {current.get(k)!r}" for k in mismatched)
         raise ResumeError(f"cannot resume from {path}: config key(s) differ ({details}); use the checkpoint's "
                           f"values, or a new output_dir")
     changed = [k for k in saved if k not in RESUME_MUST_MATCH + RESUME_MAY_CHANGE and saved[k] != current.get(k)]
-    if changed:
+    if changed and warn:
         warnings.warn(f"resuming from {path} with changed config key(s) "
                       f"{', '.join(f'{k}: {saved[k]!r} -> {current.get(k)!r}' for k in changed)}; the run will "
                       f"differ from an uninterrupted one", RunWarning, stacklevel=3)
