@@ -44,7 +44,8 @@ def score_images(images, digits) -> dict:
     real = real_diversity()
     return {
         "digiteval": float(correct.mean()),
-        "diversity": float(np.mean(list(per_class.values())) / real),
+        # Not measured (None) without 2 images of some digit (num_seeds 1): a std needs two.
+        "diversity": float(np.mean(list(per_class.values())) / real) if per_class else None,
         "reward_agreement": float((reward_pred == eval_pred).mean()),
         "reward": float(reward_probs[np.arange(len(digits)), digits].mean()),
         "reward_accuracy": float((reward_pred == digits).mean()),
@@ -76,7 +77,8 @@ def evaluate(
     Returns:
         dict with
         "digiteval": fraction the evaluation judge assigns to the prompted digit;
-        "diversity": mean per-class pixel std of the samples / the same on real digits;
+        "diversity": mean per-class pixel std of the samples / the same on real digits (None, not
+            measured, with num_seeds 1: a std needs two images of a digit);
         "reward_agreement": fraction where the reward and evaluation judges' argmaxes agree;
         "reward": mean reward (reward judge's probability of the prompted digit);
         "reward_accuracy": the reward judge's own accuracy on the samples;
