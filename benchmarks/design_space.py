@@ -104,8 +104,8 @@ def stop_pool_on_signals(pool) -> dict:
     """On a stop signal: cancel the queued runs, terminate and reap every worker, exit 128 + signum.
     Returns the previous handlers (to put back once the pool is closed)."""
     def stop(signum, frame):
+        workers = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
         pool.shutdown(wait=False, cancel_futures=True)
-        workers = list((getattr(pool, "_processes", None) or {}).values())
         for worker in workers:
             worker.terminate()
         deadline = time.monotonic() + WORKER_GRACE_SECONDS

@@ -115,9 +115,10 @@ class Preemption:
         if path is not None:
             verify(path)  # raises CorruptCheckpointError if what was written does not read back
         request = self.stop_request
-        waited = time.monotonic() - request.received_at if request.received_at is not None else float("nan")
+        waited = "" if request.received_at is None else f", {time.monotonic() - request.received_at:.1f} s after " \
+                                                        f"the signal"
         where = "abandoned epoch " + str(self.epoch + 1) if snapshot is not None else f"after epoch {self.epoch}"
         raise Preempted(f"stopped by {request.name} ({where}): checkpoint {path or 'on the main process'} "
-                        f"{'already held this state' if reused else 'written'} and verified, {waited:.1f} s after "
-                        f"the signal; run the same command with --resume auto to continue")
+                        f"{'already held this state' if reused else 'written'} and verified{waited}; run the same "
+                        f"command with --resume auto to continue")
 
