@@ -50,7 +50,7 @@ from .lock import RunLock
 from .outputs import RunOutputs, claim_output_dir
 from .policy_step import POLICY_STEPS, Rollout
 from .preemption import Abandon, Preemption, StopRequest
-from .ranks import FailureChannel
+from .ranks import FailureChannel, init_elastic_restart
 from .policies import PolicySet
 from .sharding import check_fsdp_launch
 from .state import check_same_run, load_state, save_state
@@ -67,6 +67,7 @@ class Trainer(PolicySet, NonFiniteGuard, Preemption):
             torch.set_num_threads(config.num_threads)
         self.sharded = check_fsdp_launch(config)  # FSDP2, see sharding.py
         trackers = build_trackers(tracker_names(config.report_to, config.tensorboard), Path(config.output_dir))
+        init_elastic_restart()  # torchrun --max-restarts: the restarted group's own keys (ranks.py)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision,
                                        log_with=trackers or None)
         # From here on, an error on this process is reported to the others (ranks.py).
@@ -394,12 +395,15 @@ class Trainer(PolicySet, NonFiniteGuard, Preemption):
         """
         self.stop_request.install()
         try:
-            return self._fit()
+            summary = self._fit()
         except Preempted:
             raise  # agreed by every process: nothing to report
         except BaseException as error:
             self.failures.report(error)
             raise
+        else:
+            self.failures.close()
+            return summary
         finally:
             self.stop_request.uninstall()
             self.release_output_dir()
