@@ -43,6 +43,8 @@ SURVIVED = [
     "(in-process), leaving a checkpoint whose hashes verify at the expected epoch; `--resume auto` then "
     "finished a run bitwise equal to the uninterrupted one. The detail gives the seconds from the signal to "
     "the exit.",
+    "- **survived** (torchrun --max-restarts): the killed process's group was restarted by torchrun and "
+    "resumed from the newest verified checkpoint; the finished run equals an uninterrupted torchrun run bitwise.",
     "- **survived** (one writer): the second run was refused in one line naming the holder's pid and host "
     "and wrote nothing; once the holder was killed with SIGKILL, a run took the directory over.",
     "- **survived** (killed build): the build after one killed with SIGKILL mid-compile removed the stale "
@@ -144,6 +146,30 @@ def multiprocess_signal_trial(h, root: Path) -> dict:
     return _row("signal", f"{fault} (2 processes)", "accelerate launch", exit=stopped_code, resumed_from=1, redone=1,
                 lost=lost, survived=stopped and not lost, epochs="2",
                 detail=(lines[0][:200] if lines else stopped_log[-300:]))
+
+
+def elastic_trial(h, root: Path) -> dict:
+    """torchrun --max-restarts 1, 2 gloo processes: process 1 SIGKILLed after epoch 3's step; the restart resumes."""
+    def torchrun(out: Path, fault: str = ""):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "--max-restarts", "1", "--monitor-interval", "0.5", str(h.ROOT / "tests" / "cli_job.py"),
+                   "--output_dir", str(out), *_flags(h), "--resume", "auto"]
+        env = dict(os.environ, OMP_NUM_THREADS="1", ELBO_KERNELS_FAULT=fault, PYTHONPATH=str(h.ROOT))
+        try:
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=h.ROOT)
+            return result.returncode, result.stdout + result.stderr
+        except subprocess.TimeoutExpired:
+            return None, "timed out after 300 s (the restarted group hangs)"
+
+    fault = "kill:phase=optimizer:epoch=3:process=1"
+    code, _ = torchrun(root / "elastic-reference")
+    run_code, log = torchrun(root / "elastic", fault)
+    died = "failed (exitcode: -9) local_rank: 1" in log
+    lost = ["a launch failed"] if code != 0 or run_code != 0 else h.differences(
+        h.final_state(root / "elastic"), h.final_state(root / "elastic-reference"))
+    return _row("signal", f"{fault} (torchrun --max-restarts 1)", "torchrun, 2 processes", exit=run_code,
+                resumed_from=2, redone=1, lost=lost, survived=died and not lost, epochs="3",
+                detail="process 1 died by SIGKILL; the restarted group resumed" if died and not lost else log[-300:])
 
 
 # --- one writer per output directory ------------------------------------------------------------------
@@ -261,7 +287,7 @@ def cluster_suite(h, root: Path, reference, quick: bool, note: Callable[[str], N
     for signum in (signal.SIGTERM,) if quick else (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         results.append(cli_signal_trial(h, root, reference, signum))
     if not quick:
-        results.append(multiprocess_signal_trial(h, root))
+        results += [multiprocess_signal_trial(h, root), elastic_trial(h, root)]
     results.append(lock_trial(h, root))
     results += [hostile_checkpoint_trial(h, root), hostile_server_trial(h, root)]
     if quick:
