@@ -41,8 +41,7 @@ WHAT_IT_DOES = [
 SURVIVED = [
     "- **survived** (signal): the run stopped with one line, exit code 75 (command line) or `Preempted` "
     "(in-process), leaving a checkpoint whose hashes verify at the expected epoch; `--resume auto` then "
-    "finished a run bitwise equal to the uninterrupted one. The detail gives the seconds from the signal to "
-    "the exit.",
+    "finished a run bitwise equal to the uninterrupted one.",
     "- **survived** (torchrun --max-restarts): the killed process's group was restarted by torchrun and "
     "resumed from the newest verified checkpoint; the finished run equals an uninterrupted torchrun run bitwise.",
     "- **survived** (one writer): the second run was refused in one line naming the holder's pid and host "
