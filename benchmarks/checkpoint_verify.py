@@ -44,6 +44,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from elbo_kernels._checksums import verify  # noqa: E402
+from elbo_kernels._safe_load import load_checkpoint_file  # noqa: E402
 from elbo_kernels.train.checkpoint import save_torch, write_checkpoint  # noqa: E402
 
 BLOCKS, WIDTH, RANK = 24, 1536, 32
@@ -105,11 +106,11 @@ def load(path: Path, targets: dict) -> None:
     for name in ADAPTERS:
         for key, value in load_file(str(path / name)).items():
             targets[key].copy_(value)
-    optimizer = torch.load(path / "optimizer.pt", weights_only=False)
+    optimizer = load_checkpoint_file(path / "optimizer.pt")
     for values in optimizer["state"].values():
         for value in values.values():
             value.clone()
-    torch.load(path / "rng.pt", weights_only=False)
+    load_checkpoint_file(path / "rng.pt")
     json.loads((path / "trainer_state.json").read_text())
 
 

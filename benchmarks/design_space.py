@@ -27,6 +27,11 @@ Also process CPU seconds of training (one intra-op thread per worker) and wall s
 
 Writes benchmarks/results/design_space.{json,md,png}, or design_space_<task>.{json,md,png} with --task
 (--out to change the directory).
+
+SIGTERM, SIGINT or SIGUSR1 stop the study: the pool's workers are terminated (each stops its run at
+its next stop point, elbo_kernels/train/preemption.py) and reaped, then the study exits with 128 +
+the signal's number; a worker whose parent died without that (SIGKILL) is sent SIGTERM by the kernel
+(PR_SET_DEATHSIG), so no worker outlives the study.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -80,6 +86,39 @@ def cache_path(job: dict):
            "target": job["target"]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(job["cache"]) / f"{job['method']}_lr{job['lr']:g}_b{job['beta']:g}_s{job['seed']}_{digest}.json"
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+WORKER_GRACE_SECONDS = 30  # a terminated worker's run stops at its next stop point; then SIGKILL
+
+
+def die_with_parent() -> None:
+    """Pool initializer (Linux): the kernel sends this worker SIGTERM when the study's process dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def stop_pool_on_signals(pool) -> dict:
+    """On a stop signal: cancel the queued runs, terminate and reap every worker, exit 128 + signum.
+    Returns the previous handlers (to put back once the pool is closed)."""
+    def stop(signum, frame):
+        workers = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.terminate()
+        deadline = time.monotonic() + WORKER_GRACE_SECONDS
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+        print(f"design_space: stopped by {signal.Signals(signum).name}; {len(workers)} worker(s) terminated",
+              file=sys.stderr, flush=True)
+        os._exit(128 + signum)  # the pool's manager thread would wait on the dead workers' queues
+
+    return {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
 
 
 def run_one(job: dict) -> dict:
@@ -354,15 +393,20 @@ def main(argv=None) -> dict:
     runs: Dict[tuple, dict] = {}  # (method, lr, beta, seed) -> summarize_run(...)
     context = multiprocessing.get_context("spawn")
     bar = tqdm(desc="runs", unit="run", dynamic_ncols=True, total=0)
-    with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
-        # Phase 0: the base model as each method deploys it.
-        checks = list(pool.map(base_check, [dict(job(n, *methods[n]["published"], 0), output_dir=f"{tmp.name}/base_{n}")
-                                            for n in methods]))
-        base = {c["method"]: c for c in checks}
-        trained = [n for n in methods if not (base[n]["score"] >= args.target and base[n]["diversity"] >= MIN_DIVERSITY)]
-        swept = [n for n in trained if not methods[n].get("follows")]
-        followers = [n for n in trained if methods[n].get("follows")]
-        points, winners, missing, rounds = schedule(pool, methods, swept, followers, seeds, job, runs, bar, args)
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=context, initializer=die_with_parent) as pool:
+        previous = stop_pool_on_signals(pool)
+        try:
+            # Phase 0: the base model as each method deploys it.
+            checks = list(pool.map(base_check, [dict(job(n, *methods[n]["published"], 0), output_dir=f"{tmp.name}/base_{n}")
+                                                for n in methods]))
+            base = {c["method"]: c for c in checks}
+            trained = [n for n in methods if not (base[n]["score"] >= args.target and base[n]["diversity"] >= MIN_DIVERSITY)]
+            swept = [n for n in trained if not methods[n].get("follows")]
+            followers = [n for n in trained if methods[n].get("follows")]
+            points, winners, missing, rounds = schedule(pool, methods, swept, followers, seeds, job, runs, bar, args)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     bar.close()
     swept = [n for n in swept if n in winners]  # --cached_only: a method with no run in the cache is left out
     followers = [n for n in followers if n in winners]

@@ -160,7 +160,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def _report(error: BaseException, trainer, debug: bool) -> int:
     """Print the error (one line, or a traceback for a bug or with --debug) and return its exit code."""
-    from .train.errors import EXIT_BUG, classify
+    from .train.errors import EXIT_BUG, EXIT_PREEMPTED, classify
 
     code, message = classify(error)
     failures = getattr(trainer, "failures", None)
@@ -174,6 +174,9 @@ def _report(error: BaseException, trainer, debug: bool) -> int:
     if message is None:
         print(f"error: an unexpected {type(error).__name__} (above) -- a bug in elbo_kernels; please report it "
               f"to the maintainers with this output and that of `elbo-kernels info`", file=sys.stderr)
+    elif getattr(error, "exit_code", None) == EXIT_PREEMPTED:  # a planned stop, said once (by the main process)
+        if trainer is None or trainer.accelerator.is_main_process:
+            print(message, file=sys.stderr)
     else:
         print(f"error: {message}", file=sys.stderr)
     sys.stdout.flush()

@@ -1,5 +1,6 @@
 """The reliability report's operational cases (issue 12): corrupt checkpoints, full and read-only
-disks, a re-run into a used output directory, an error on one of two processes.
+disks, a re-run into a used output directory, an error on one of two processes (and, through
+reliability_cluster.py, the cluster cases of issue 24).
 
 Each trial returns a result row for scripts/reliability_report.py (which passes itself in as
 ``h``: these functions use its training helpers and its uninterrupted reference runs). The disk
@@ -206,4 +207,6 @@ def operational_suite(h, root: Path, reference, quick: bool, note: Callable[[str
     results.append(used_directory_trial(h, root))
     for kind in ("value_error",) if quick else ("value_error", "out_of_memory", "non_finite"):
         results.append(rank_failure_trial(h, root, kind))
-    return results
+    import reliability_cluster  # preemption, one writer, a killed build, untrusted input (issue 24)
+
+    return results + reliability_cluster.cluster_suite(h, root, reference, quick, note)

@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from elbo_kernels._safe_load import load_checkpoint_file  # noqa: E402
 from elbo_kernels.train import TrainConfig, Trainer  # noqa: E402
 from elbo_kernels.train import faults  # noqa: E402
 from elbo_kernels.train.checkpoint import is_complete, latest_checkpoint  # noqa: E402
@@ -123,7 +124,7 @@ def final_state(out: Path, epoch: Optional[int] = None) -> Dict[str, object]:
     for file in sorted(path.rglob("*.safetensors")):
         for key, value in load_file(str(file)).items():
             state[f"{file.relative_to(path)}:{key}"] = value
-    optimizer = torch.load(path / "optimizer.pt", weights_only=False)
+    optimizer = load_checkpoint_file(path / "optimizer.pt")
     for index, values in optimizer["state"].items():
         for key, value in values.items():
             state[f"optimizer:{index}:{key}"] = value
@@ -331,6 +332,9 @@ def suite(root: Path, quick: bool, notes: Optional[List[str]] = None) -> List[di
 
 # --- the report -------------------------------------------------------------------------------------
 def render(results: List[dict], seconds: float, quick: bool, notes: List[str] = ()) -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import reliability_cluster as cluster
+
     rows: Dict[tuple, dict] = {}
     for r in results:
         key = (r["kind"], r["fault"].split(":epoch=")[0].rsplit(" at epoch", 1)[0]
@@ -393,14 +397,15 @@ def render(results: List[dict], seconds: float, quick: bool, notes: List[str] = 
         "starting a run where another run's files are is refused (`--resume` continues it, `--overwrite` "
         "deletes it first), so `summary.json` never names a checkpoint that is not there.",
         "- **Command line**: an error a user can act on is one line on stderr and an exit code per class "
-        "(2 usage / config, 3 resume, 4 storage, 5 reward, 6 non-finite, 7 model weights; 1 is a bug and "
-        "shows the traceback); `--debug` or `ELBO_KERNELS_DEBUG=1` shows the traceback for any error. "
+        "(2 usage / config, 3 resume, 4 storage, 5 reward, 6 non-finite, 7 model weights, 75 stopped by a "
+        "signal after a verified checkpoint; 1 is a bug and shows the traceback); `--debug` or `ELBO_KERNELS_DEBUG=1` shows the traceback for any error. "
         "Abbreviated flags are rejected (`--epoch 3` is not `--epochs 3`).",
         "- **Several processes**: every skip or reward failure is agreed across processes (one small "
         "all-reduce per decision point), so no process waits forever for another that skipped. Any other "
         "error on one process (an op's ValueError, an out-of-memory, a NonFiniteError) is written to the "
         "process group's store before it propagates; every other process watches that key and stops "
         "within a second, naming the process and the error, instead of waiting in a collective.",
+        *cluster.WHAT_IT_DOES,
         "- **Fault injection**: `ELBO_KERNELS_FAULT=\"kill:phase=checkpoint_write:epoch=3\"` (see "
         "`elbo_kernels/train/faults.py` for actions and phases).",
         "",
@@ -439,6 +444,7 @@ def render(results: List[dict], seconds: float, quick: bool, notes: List[str] = 
         "`digits.load_pipeline(adapter=...)`.",
         "- **survived** (2 processes, an error on one): both processes end (the launch returns, non-zero) "
         "and process 0 names process 1's error.",
+        *cluster.SURVIVED,
         "- **lost**: tensors, records or counters that differ from the reference. The goal is 0.",
         "",
         f"Result: {len(results) - len(failed)} of {len(results)} trials survived; "

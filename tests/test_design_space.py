@@ -1,8 +1,13 @@
 """The design-space benchmark runs end to end in its --quick mode (the variance study: tests/test_variance_study.py)."""
 
+import contextlib
 import importlib
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +94,63 @@ def test_verdict_separates_consistent_unresolved_reversed_and_larger():
     assert report.verdict(row(1.1, 1.6)).startswith("smaller than the study's, but")
     assert report.verdict(row(2.5, 4.0)).startswith("larger")
     assert report.verdict({"study_factor": 2.0, "work_rows": {"low": None, "high": None}}).startswith("cannot tell")
+
+
+def _descendants(pid: int) -> set:
+    """Live (not zombie) descendants of ``pid`` (Linux /proc)."""
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                children = {int(c) for c in task.read_text().split()}
+            except OSError:
+                continue
+            todo.extend(children - found)
+            found |= children
+    return {p for p in found if _alive(p)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_the_study_and_leaves_no_worker_running(tmp_path):
+    """Before, SIGTERM killed the study's process and its pool workers ran on as orphans (issue 24)."""
+    command = [sys.executable, str(BENCHMARKS / "design_space.py"), "--quick", "--no-memory", "--workers", "2",
+               "--out", str(tmp_path)]
+    study = subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True)
+    workers: set = set()
+    try:
+        deadline = time.monotonic() + 300
+        while len(workers) < 2:  # the two workers (plus multiprocessing's resource tracker)
+            assert study.poll() is None and time.monotonic() < deadline, study.communicate()[1][-3000:]
+            workers = {p for p in _descendants(study.pid) if "spawn_main" in _cmdline(p)}
+            time.sleep(0.2)
+        time.sleep(2.0)  # the workers are in their first runs
+        every = _descendants(study.pid)
+        study.send_signal(signal.SIGTERM)
+        _, stderr = study.communicate(timeout=120)
+        deadline = time.monotonic() + 60
+        while {p for p in every if _alive(p)} and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = {p: _cmdline(p) for p in every if _alive(p)}
+    finally:
+        study.kill()
+        for pid in _descendants(study.pid) | workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert left == {}, f"left running after SIGTERM: {left}"
+    assert study.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "design_space: stopped by SIGTERM; 2 worker(s) terminated" in stderr
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""

@@ -77,3 +77,27 @@ def test_wandb_offline_run_gets_every_metric_and_the_pictures(tmp_path, monkeypa
     assert list(run.glob("run-*.wandb"))
     images = {p.name.rsplit("_", 2)[0] for p in (run / "files" / "media" / "images").glob("*.png")}
     assert images == {"samples_before", "samples_after", "curve"}
+
+
+def test_wandb_writes_under_a_users_wandb_dir_when_it_is_set(tmp_path, monkeypatch):
+    """Before (issue 24), WANDB_DIR was ignored: wandb always wrote under OUTPUT_DIR/wandb."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "users_wandb"))
+    Trainer(small(tmp_path, report_to="wandb", plots=False)).fit()
+    assert list((tmp_path / "users_wandb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert not (tmp_path / "run" / "wandb").exists()
+
+
+def test_one_eval_seed_reports_diversity_as_not_measured_without_nan_or_numpy_warnings(tmp_path, capsys):
+    """Before (issue 24), eval_seeds 1 gave diversity NaN with numpy's "Mean of empty slice" warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        summary = Trainer(small(tmp_path, plots=False, tensorboard=False)).fit()
+    assert summary["diversity_before"] is None and summary["diversity_after"] is None
+    assert all("diversity" not in record for record in _records(tmp_path / "run"))
+    assert "diversity not measured (it needs eval_seeds >= 2)" in capsys.readouterr().out
+    assert "nan" not in (tmp_path / "run" / "summary.json").read_text().lower()

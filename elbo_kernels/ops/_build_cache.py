@@ -14,6 +14,13 @@ and the sources are copied into the directory, so that the build commands, and n
 view of them, are byte-identical whichever checkout asked for the build. A directory
 with its ``COMPLETE`` marker is loaded without running the builder at all.
 
+torch's builder guards a directory with a ``lock`` file that it creates and deletes; a builder
+killed mid-compile (SIGKILL, a node going down) leaves it, and every later process waits for it
+forever. So each build here first takes an exclusive flock on ``builder.lock`` (the kernel releases
+it when its holder dies, however it dies): holding it proves no builder is alive, and a ``lock``
+file still present is stale -- removed, with one line on stderr, and the build runs again. A
+process that finds a live builder says so in one line and waits for it (one build's time).
+
 An ahead-of-time build (setup.py with ``ELBO_KERNELS_BUILD_AT_INSTALL=1``, or
 ``python -m elbo_kernels.ops._cpp --prebuild DIR``) writes the same layout into the
 package's ``_prebuilt/`` directory under the abi key: a machine that only runs the
@@ -22,21 +29,27 @@ package needs no compiler to use it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
 import os
+import socket
+import time
 import platform
 import shutil
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence
 
 import torch
 
 MARKER = "COMPLETE"
+BUILDER_LOCK = "builder.lock"  # ours: flock-ed by the live builder
+TORCH_LOCK = "lock"  # torch's FileBaton: left behind by a killed builder
 PREBUILT = Path(__file__).resolve().parents[1] / "_prebuilt"
 
 
@@ -130,3 +143,32 @@ def mark_complete(directory: Path, parts: Dict[str, str]) -> None:
 
 def prebuilt_directory(name: str, parts: Dict[str, str], root: Optional[Path] = None) -> Path:
     return (root or PREBUILT) / f"{name}-{_digest(parts)}"
+
+
+@contextlib.contextmanager
+def exclusive_build(directory: Path) -> Iterator[None]:
+    """Be the only builder of ``directory``: wait (saying so) for a live one, and remove torch's ``lock``
+    file when the builder that left it is dead (see the module docstring)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / BUILDER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            print(f"elbo_kernels: waiting for the build in progress in {directory} ({holder}) ...", file=sys.stderr,
+                  flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        stale = directory / TORCH_LOCK
+        if stale.exists():
+            age = time.time() - stale.stat().st_mtime
+            stale.unlink(missing_ok=True)
+            print(f"elbo_kernels: removed the stale build lock {stale} ({age:.0f} s old; no builder is alive: the "
+                  f"one that left it was killed); building again", file=sys.stderr, flush=True)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # releases the flock

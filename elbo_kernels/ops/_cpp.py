@@ -209,20 +209,24 @@ def _compile(name: str, inputs: Sequence[Path], with_cuda: bool, directory: Path
     every checkout, so ninja never rebuilds for a path change); loads the result."""
     from torch.utils import cpp_extension
 
-    staged = _build_cache.stage_sources(inputs, directory)
-    compiled = [s for s in staged if s.name not in HEADERS]
-    cpp_extension.load(
-        name=name,
-        sources=[str(s) for s in compiled],
-        extra_cflags=_CFLAGS + _OPENMP,
-        extra_ldflags=list(_OPENMP),
-        extra_cuda_cflags=_CUDA_CFLAGS if with_cuda else None,
-        extra_include_paths=[str(directory / "src")],
-        build_directory=str(directory),
-        with_cuda=with_cuda,
-        is_python_module=False,
-        verbose=False,
-    )
+    with _build_cache.exclusive_build(directory):  # a killed builder's lock never hangs this one
+        if _build_cache.is_complete(directory, name):  # built by the process this one waited for
+            torch.ops.load_library(str(_build_cache.library_path(directory, name)))
+            return
+        staged = _build_cache.stage_sources(inputs, directory)
+        compiled = [s for s in staged if s.name not in HEADERS]
+        cpp_extension.load(
+            name=name,
+            sources=[str(s) for s in compiled],
+            extra_cflags=_CFLAGS + _OPENMP,
+            extra_ldflags=list(_OPENMP),
+            extra_cuda_cflags=_CUDA_CFLAGS if with_cuda else None,
+            extra_include_paths=[str(directory / "src")],
+            build_directory=str(directory),
+            with_cuda=with_cuda,
+            is_python_module=False,
+            verbose=False,
+        )
 
 
 def prebuild(root: Path) -> List[Path]:

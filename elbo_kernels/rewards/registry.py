@@ -271,3 +271,25 @@ def named_scores(result: Union[Mapping, Sequence, np.ndarray], name: str) -> np.
                 return np.asarray(result[key], dtype=np.float32).reshape(-1)
         raise ValueError(f"reward {name!r} returned keys {sorted(result)} without {name!r} or 'avg'")
     return np.asarray(result, dtype=np.float32).reshape(-1)
+
+
+def score_column(scores, count: int):
+    """A reward function's scores["avg"] as a float64 tensor [count] (one score per image, never truncated
+    or broadcast); ValueError / TypeError describe what came back instead."""
+    import torch
+
+    if not isinstance(scores, dict) or "avg" not in scores:
+        raise TypeError(f"the reward function must return (scores, info) with scores a dict holding 'avg'; got "
+                        f"scores of type {type(scores).__name__}"
+                        + (f" with keys {sorted(scores)[:8]}" if isinstance(scores, dict) else ""))
+    values = scores["avg"]
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to("cpu", torch.float64)
+    try:
+        column = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"scores['avg'] is not numeric ({error})") from None
+    if column.shape != (count,):
+        raise ValueError(f"scores['avg'] has shape {column.shape} for {count} images: one score per image is "
+                         f"required (never truncated or broadcast)")
+    return torch.from_numpy(column.copy())

@@ -15,8 +15,13 @@ need and ignore the rest, so one request shape serves all of them. Errors come b
 HTTP 500 with a traceback body.
 
 "json" is the same exchange as JSON (images as base64 JPEG strings, "metadata" for
-"meta_datas") for servers you write yourself; prefer it for any server you do not
-control, since unpickling a response runs code of the server's choosing.
+"meta_datas") for servers you write yourself.
+
+A pickle response is decoded by a restricted unpickler (elbo_kernels/_safe_load.py) that builds
+only plain data -- dicts, lists, tuples, numbers, strings, bytes, numpy arrays and scalars, all
+that FlowGRPO's servers send -- so a server cannot run code in the trainer: a response naming any
+other callable fails at once (not retried) with a RemoteRewardError that says so, and nothing it
+names is called. ``ELBO_KERNELS_TRUST_PICKLES=1`` lifts the restriction for servers you control.
 
 Every batch carries an ``X-Request-Id`` header (the same on retries) and ``X-Attempt``.
 Failures (connection errors, timeouts, HTTP 5xx / 408 / 429, responses that do not parse
@@ -46,6 +51,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .._safe_load import UnsafePickleError, loads_plain
 from .images import check_batch, to_uint8_nhwc
 
 PROTOCOLS = ("pickle", "json")
@@ -206,7 +212,12 @@ class RemoteReward(AsyncReward):
 
     def _decode(self, payload: bytes, size: int) -> Dict[str, np.ndarray]:
         try:
-            response = pickle.loads(payload) if self.protocol == "pickle" else json.loads(payload)
+            if self.protocol == "pickle":
+                response = loads_plain(payload, source=f"the response of reward server {self.url}")
+            else:
+                response = json.loads(payload)
+        except UnsafePickleError:
+            raise  # a hostile answer is not a transient failure: never retried
         except Exception as error:  # noqa: BLE001 - any unparsable body is a bad response
             raise _BadResponse(f"response is not valid {self.protocol} ({type(error).__name__}: "
                                f"{payload[:80]!r})") from error
@@ -259,6 +270,9 @@ class RemoteReward(AsyncReward):
                     raise RemoteRewardError(f"reward server {self.url} refused batch {index} ({size} images) with "
                                             f"HTTP {error.code}: {detail}") from error
                 last = f"HTTP {error.code}: {detail}"
+            except UnsafePickleError as error:
+                raise RemoteRewardError(f"reward server {self.url} answered batch {index} with a pickle that is not "
+                                        f"plain data; nothing was run: {error}") from None
             except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError, _BadResponse) as error:
                 last = f"{type(error).__name__}: {getattr(error, 'reason', None) or error}"
         raise RemoteRewardError(

@@ -193,12 +193,20 @@ def _fsync_dir(path: Path) -> None:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy and torch RNG states as tensors and plain values (``rng.pt`` loads with weights_only=True)."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"] = dict(numpy_state["state"], key=numpy_state["state"]["key"].tolist())
+    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state`'s value (or an older checkpoint's, whose numpy state is a tuple)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = dict(numpy_state, state=dict(numpy_state["state"],
+                                                   key=np.asarray(numpy_state["state"]["key"], dtype=np.uint32)))
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
 
 

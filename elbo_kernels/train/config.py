@@ -45,6 +45,7 @@ TASKS = ("digiteval", "digit_geneval")
 TRAJECTORY_STEP_ORDERS = ("random", "first")
 ADVANTAGE_STDS = ("group", "global")
 ROLLOUT_POLICIES = ("old", "current")
+RESUME_AUTO = "auto"
 
 
 def choices() -> Dict[str, tuple]:
@@ -94,7 +95,9 @@ class TrainConfig:
                                       "outputs/TASK, or outputs/TASK-2, -3, ... when that holds another run; with "
                                       "resume the newest of them; TASK is the model's folder name for other models)"})
     seed: int = field(default=0, metadata={"help": "global seed (each epoch and process derives its own)"})
-    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint that verifies"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint that verifies; 'auto' "
+                         "(for requeued jobs): the same, or a fresh start when output_dir holds nothing of this run, "
+                         "and a refusal when it holds another run"})
     overwrite: bool = field(default=False, metadata={"help": "delete another run's files in output_dir first "
                             "(without it, a run refuses to start where another run's files are)"})
     prompts: Optional[str] = field(default=None, metadata={"help": "SD3: prompt file (.txt, or FlowGRPO .jsonl with metadata)"})
@@ -250,7 +253,9 @@ class TrainConfig:
                  "eval_guidance_scale", self.eval_guidance_scale, "none or a number >= 1 (1 = no CFG)")
         _require(self.batch_size % self.inner_steps == 0, "inner_steps", self.inner_steps,
                  f"a divisor of prompts_per_epoch * group_size ({self.batch_size}): the batch is split into equal parts")
-        for key in ("resume", "overwrite", "plots", "tensorboard", "progress", "group_draws"):
+        _require(isinstance(self.resume, bool) or self.resume == RESUME_AUTO, "resume", self.resume,
+                 f"true, false or {RESUME_AUTO!r}")
+        for key in ("overwrite", "plots", "tensorboard", "progress", "group_draws"):
             _require(isinstance(getattr(self, key), bool), key, getattr(self, key), "true or false")
         for key in ("model", "reward"):
             _require(isinstance(getattr(self, key), str) and getattr(self, key) != "", key, getattr(self, key),
@@ -408,6 +413,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             deprecated = deprecated or parser.add_argument_group("deprecated (still accepted)")
             target, help_text = deprecated, f"{help_text}; deprecated: {f.metadata['deprecated']}"
         kind = {bool: _parse_bool, int: int, float: float}.get(type(default), str)
+        if f.name == "resume":
+            kind = _parse_resume
         if f.name in OPTIONAL:
             kind = str
         extra = {}
@@ -430,6 +437,10 @@ def _parse_bool(text: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+
+
+def _parse_resume(text: str):
+    return RESUME_AUTO if str(text).lower() == RESUME_AUTO else _parse_bool(text)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

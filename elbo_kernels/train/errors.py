@@ -9,7 +9,9 @@
     5    the reward function failed (RewardError)
     6    non-finite values stopped the run (NonFiniteError)
     7    the model weights are not available (ModelNotAvailableError)
-    130  interrupted (Ctrl-C)
+    75   stopped by SIGTERM, SIGINT or SIGUSR1 (Preempted): a verified checkpoint was written; run
+         the same command with --resume auto to continue (preemption.py)
+    130  interrupted: a second signal while stopping, or Ctrl-C before training started
 
 The classes below subclass ValueError / OSError, so code that catches those keeps working.
 """
@@ -28,6 +30,7 @@ EXIT_STORAGE = 4
 EXIT_REWARD = 5
 EXIT_NON_FINITE = 6
 EXIT_MODEL = 7
+EXIT_PREEMPTED = 75  # sysexits' EX_TEMPFAIL: a temporary stop, to be continued
 EXIT_INTERRUPTED = 130
 
 # How a message names a config key: "--resume" on the command line (cli.py switches it on),
@@ -86,6 +89,13 @@ class RewardError(RuntimeError):
     """The reward function raised, or did not return one score per image (the run stops: never a silent drop)."""
 
     exit_code = EXIT_REWARD
+
+
+class Preempted(Exception):
+    """The run stopped on a signal after writing a verified checkpoint (not an error: continue it with
+    --resume auto). The message says which signal, which checkpoint, and how long the stop took."""
+
+    exit_code = EXIT_PREEMPTED
 
 
 class StorageError(OSError):

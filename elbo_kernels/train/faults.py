@@ -7,12 +7,16 @@ faults separated by ";", each ``ACTION:key=value:key=value``:
     kill:phase=checkpoint_write:epoch=3        SIGKILL this process while writing checkpoint 3
     raise:phase=rollout:epoch=2                raise FaultInjected in epoch 2's rollout
     nan:phase=loss:epoch=2;nan:phase=grad:epoch=4
+    sigterm:phase=rollout:epoch=2              send this process SIGTERM during epoch 2's rollout
 
 Actions:
     kill    os.kill(os.getpid(), SIGKILL): no cleanup, no flush, exactly like ``kill -9``
     raise   raise :class:`FaultInjected` (an ordinary crash: exceptions unwind, files close)
     nan     replace the first element of the tensor passing the hook with NaN (only at the
             tensor phases below)
+    sigterm, sigint, sigusr1
+            os.kill(os.getpid(), SIG...): a real signal, as a cluster sends before preemption;
+            at the first matching hook only (a second signal would mean "stop now")
 
 Keys (all optional except phase; a fault without ``epoch`` fires at every epoch):
     phase    where (below)
@@ -51,7 +55,8 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 
 ENV = "ELBO_KERNELS_FAULT"
-ACTIONS = ("kill", "raise", "nan")
+SIGNAL_ACTIONS = ("sigterm", "sigint", "sigusr1")
+ACTIONS = ("kill", "raise", "nan") + SIGNAL_ACTIONS
 PHASES = ("rollout", "rollout_velocity", "reward", "velocity", "loss", "backward", "grad", "optimizer",
           "checkpoint_write", "checkpoint_rename", "checkpoint_prune")
 TENSOR_PHASES = ("rollout_velocity", "reward", "velocity", "loss", "grad")
@@ -112,6 +117,7 @@ def parse(spec: str) -> Tuple[Fault, ...]:
 
 _installed: Tuple[Fault, ...] = ()
 _parsed: Tuple[str, Tuple[Fault, ...]] = ("", ())
+_fired: set = set()  # signal faults already sent (each fires once per installation)
 
 
 def active() -> Tuple[Fault, ...]:
@@ -120,6 +126,7 @@ def active() -> Tuple[Fault, ...]:
     spec = os.environ.get(ENV, "")
     if spec != _parsed[0]:
         _parsed = (spec, parse(spec))
+        _fired.clear()
     return _installed + _parsed[1]
 
 
@@ -130,6 +137,7 @@ def inject(spec: str) -> Iterator[Tuple[Fault, ...]]:
     faults = parse(spec)
     previous = _installed
     _installed = previous + faults
+    _fired.clear()
     try:
         yield faults
     finally:
@@ -137,9 +145,12 @@ def inject(spec: str) -> Iterator[Tuple[Fault, ...]]:
 
 
 def point(phase: str, epoch: Optional[int], process: int = 0) -> None:
-    """Hook: die (kill) or raise here if a fault names this phase and epoch."""
+    """Hook: die (kill), raise or send a signal here if a fault names this phase and epoch."""
     for fault in active():
-        if fault.action in ("kill", "raise") and fault.matches(phase, epoch, process):
+        if fault.action in SIGNAL_ACTIONS and fault.matches(phase, epoch, process) and fault not in _fired:
+            _fired.add(fault)
+            os.kill(os.getpid(), getattr(signal, fault.action.upper()))
+        elif fault.action in ("kill", "raise") and fault.matches(phase, epoch, process):
             if fault.action == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise FaultInjected(f"injected fault {fault.spec()}")

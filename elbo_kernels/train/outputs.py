@@ -127,7 +127,8 @@ class RunOutputs:
         postfix = {"reward": f"{record['reward_mean']:.3f}"}
         if self.metric in record:
             postfix[self.metric] = f"{record[self.metric]:.3f}"
-            postfix["diversity"] = f"{record.get('diversity', float('nan')):.2f}"
+            if "diversity" in record:  # absent when not measured (eval_seeds 1)
+                postfix["diversity"] = f"{record['diversity']:.2f}"
         progress.set_postfix(postfix)
         progress.update(1)
 
@@ -195,7 +196,10 @@ def summary_line(summary: dict, metric: str) -> str:
         show = lambda x: "n/a" if x is None else f"{x:.{digits}f}"  # noqa: E731
         return f"{name} {show(before)} -> {show(after)}"
 
-    parts = [change(metric, metric, 3), change("diversity", "diversity", 2)]
+    diversity = change("diversity", "diversity", 2)
+    if diversity is None and summary.get(f"{metric}_after") is not None:
+        diversity = "diversity not measured (it needs eval_seeds >= 2)"
+    parts = [change(metric, metric, 3), diversity]
     if summary.get("reward_first") is not None:
         parts.append(f"reward (mean of an epoch's rollouts) {summary['reward_first']:.3f} -> "
                      f"{summary['reward_last']:.3f}")

@@ -29,6 +29,36 @@ KEY = "elbo_kernels/failure"
 POLL_SECONDS = 0.2
 
 
+def init_elastic_restart() -> bool:
+    """Under ``torchrun --max-restarts``, a restarted group's process group, keyed by its attempt.
+
+    torchrun's agent keeps one key-value store for every attempt, and the default process group
+    keys what it exchanges there (gloo's addresses, the start-up barrier) without the attempt:
+    a restarted group read the dead group's entries and hung, or failed to connect (torch 2.13,
+    reproduced with a bare init_process_group). From the second attempt on, the process group is
+    initialised here, before accelerate, on that store under the prefix ``attempt_<n>/`` (which
+    also keeps the previous attempt's failure report, KEY, away from this one). Returns whether
+    it did; nothing changes for a first attempt, a single process, or other launchers.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if attempt == "0" or world < 2:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return False
+    rank = int(os.environ["RANK"])
+    hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" and rank == 0  # else the agent's
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size=world,
+                          is_master=hosts_store)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                            store=dist.PrefixStore(f"elbo_kernels/attempt_{attempt}/", store),
+                            rank=rank, world_size=world)
+    return True
+
+
 def _default_store():
     """The process group's store, or None (single process, or a torch without it)."""
     try:
@@ -54,10 +84,20 @@ class FailureChannel:
         self.process_index = process_index
         self.store = _default_store() if num_processes > 1 else None
         self._reported = False
+        self._closed = threading.Event()
+        self._watcher: Optional[threading.Thread] = None
         if self.store is not None:
             watcher = self.store.clone() if hasattr(self.store, "clone") else self.store
-            threading.Thread(target=self._watch, args=(watcher,), name="elbo-kernels-failure-watch",
-                             daemon=True).start()
+            self._watcher = threading.Thread(target=self._watch, args=(watcher,), name="elbo-kernels-failure-watch",
+                                             daemon=True)
+            self._watcher.start()
+
+    def close(self) -> None:
+        """Stop watching (when training ends): a watcher left inside a store call while the interpreter
+        shuts down can abort the process ("terminate called without an active exception")."""
+        self._closed.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=5 * POLL_SECONDS)
 
     def report(self, error: BaseException) -> None:
         """Record ``error`` as the run's failure (the first process to fail wins)."""
@@ -85,8 +125,7 @@ class FailureChannel:
         return found if found.get("process") != self.process_index else None
 
     def _watch(self, store) -> None:
-        while True:
-            time.sleep(POLL_SECONDS)
+        while not self._closed.wait(POLL_SECONDS):
             try:
                 if not store.check([KEY]):
                     continue

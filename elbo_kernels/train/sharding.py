@@ -132,5 +132,7 @@ def load_optimizer(module: torch.nn.Module, optimizer, path: Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path.parent} has no {path.name}: it was written by an unsharded run, "
                                 f"whose optimizer state cannot be resumed under FSDP (resume it unsharded)")
-    state = torch.load(path, weights_only=False)
+    from .._safe_load import load_checkpoint_file
+
+    state = load_checkpoint_file(path)  # weights_only: a checkpoint never runs code (_safe_load.py)
     set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))

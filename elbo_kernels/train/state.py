@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .._checksums import CorruptCheckpointError, verify
+from .._safe_load import UnsafePickleError, load_checkpoint_file
 from ..models.lora import ADAPTER_WEIGHTS, PEFT_PREFIX, load_adapter, save_adapter
 from .policies import adapter_names
 from . import faults, sharding
@@ -73,8 +74,11 @@ def _check_gathered(weights: dict, optimizer: dict) -> None:
                 raise RuntimeError(f"refusing to checkpoint: optimizer state {key!r} of {name} holds non-finite values")
 
 
-def save_state(trainer, before: dict) -> Optional[Path]:
+def save_state(trainer, before: dict, rng: Optional[dict] = None) -> Optional[Path]:
     """Write a complete checkpoint for the trainer's current epoch; returns its directory.
+
+    ``rng``: the RNG states to store (default: the current ones; an abandoned epoch passes those
+    of its start, preemption.py).
 
     Sharded runs (FSDP) gather full state dicts first, on every process, and write the same layout
     (sharding.py says why), with the optimizer state keyed by parameter name."""
@@ -114,7 +118,7 @@ def save_state(trainer, before: dict) -> Optional[Path]:
             save_torch(optimizer, tmp / sharding.OPTIMIZER_FILE)
         else:
             save_torch(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
-        save_torch(rng_state(), tmp / "rng.pt")
+        save_torch(rng if rng is not None else rng_state(), tmp / "rng.pt")
         write_json(tmp / "trainer_state.json", {
             "epoch": trainer.epoch,
             "step": trainer.step,
@@ -188,6 +192,8 @@ def load_state(trainer) -> bool:
     check_resumable(state.get("config", {}), cfg.to_dict(), path)
     try:
         _load_weights(trainer, path)
+    except UnsafePickleError as error:
+        raise ResumeError(str(error)) from None
     except (OSError, RuntimeError, ValueError, KeyError) as error:
         raise ResumeError(f"checkpoint {path} verified but does not load into this model "
                           f"({type(error).__name__}: {' '.join(str(error).split())[:300]})") from error
@@ -222,8 +228,8 @@ def _load_weights(trainer, path: Path) -> None:
         if not (path / "optimizer.pt").is_file():
             raise FileNotFoundError(f"checkpoint {path} has no optimizer.pt: it was written by a sharded (FSDP) run; "
                                     f"resume it under the same accelerate FSDP config")
-        trainer.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+        trainer.optimizer.load_state_dict(load_checkpoint_file(path / "optimizer.pt"))
+    set_rng_state(load_checkpoint_file(path / "rng.pt"))
 
 
 def _load_sharded(trainer, path: Path) -> None:
@@ -241,16 +247,33 @@ def _load_sharded(trainer, path: Path) -> None:
     sharding.load_optimizer(trainer.transformer, trainer.optimizer, path / sharding.OPTIMIZER_FILE)
 
 
-def check_resumable(saved: dict, current: dict, path: Path) -> None:
+def check_same_run(root: Path, current: dict) -> None:
+    """resume 'auto': ResumeError when ``root/config.yaml`` (written at the start of every run) is another
+    run's, one whose config differs in a key that must match. Checked before anything is written, so a
+    refused directory is left as it was; nothing there (a first submission) passes."""
+    import yaml
+
+    path = root / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ResumeError(f"cannot tell whether {root} holds this run: {path} cannot be read "
+                          f"({' '.join(str(error).split())[:200]})") from None
+    check_resumable(saved if isinstance(saved, dict) else {}, current, path, warn=False)
+
+
+def check_resumable(saved: dict, current: dict, path: Path, warn: bool = True) -> None:
     """ResumeError (a ValueError) when the run's config differs from the checkpoint's in a key that must match;
-    a warning for other differences (the resumed run is then not the uninterrupted one)."""
+    a warning (with ``warn``) for other differences (the resumed run is then not the uninterrupted one)."""
     mismatched = [k for k in RESUME_MUST_MATCH if k in saved and saved[k] != current.get(k)]
     if mismatched:
         details = ", ".join(f"{k}: checkpoint {saved[k]!r}, now {current.get(k)!r}" for k in mismatched)
         raise ResumeError(f"cannot resume from {path}: config key(s) differ ({details}); use the checkpoint's "
                           f"values, or a new output_dir")
     changed = [k for k in saved if k not in RESUME_MUST_MATCH + RESUME_MAY_CHANGE and saved[k] != current.get(k)]
-    if changed:
+    if changed and warn:
         warnings.warn(f"resuming from {path} with changed config key(s) "
                       f"{', '.join(f'{k}: {saved[k]!r} -> {current.get(k)!r}' for k in changed)}; the run will "
                       f"differ from an uninterrupted one", RunWarning, stacklevel=3)

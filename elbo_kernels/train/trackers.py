@@ -3,12 +3,13 @@
 Each tracker receives the same per-epoch record as metrics.jsonl (its numeric values, at step =
 epoch), the run's config, and the pictures (sample grids before and after, the learning curve) as
 images. TensorBoard writes to OUTPUT_DIR/tensorboard; wandb (``pip install -e ".[wandb]"``) logs to
-the project "elbo_kernels" with the run named after OUTPUT_DIR and its files under OUTPUT_DIR/wandb
-(WANDB_MODE=offline keeps it on disk, for ``wandb sync`` later).
+the project "elbo_kernels" with the run named after OUTPUT_DIR and its files under $WANDB_DIR/wandb when
+that variable is set, else OUTPUT_DIR/wandb (WANDB_MODE=offline keeps it on disk, for ``wandb sync`` later).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Dict, List
 
@@ -44,8 +45,10 @@ def build_trackers(names: List[str], output_dir: Path) -> list:
         except ImportError as error:
             raise ImportError("report_to 'wandb' needs the wandb package: pip install -e \".[wandb]\" (or pip "
                               "install wandb); set WANDB_MODE=offline to log without an account") from error
-        (output_dir / "wandb").mkdir(parents=True, exist_ok=True)
-        trackers.append(WandBTracker(WANDB_PROJECT, dir=str(output_dir), name=output_dir.name))
+        # A user's WANDB_DIR wins (wandb reads it when no dir is given); else the run's own directory.
+        where = Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else output_dir
+        (where / "wandb").mkdir(parents=True, exist_ok=True)
+        trackers.append(WandBTracker(WANDB_PROJECT, dir=str(where), name=output_dir.name))
     return trackers
 
 

@@ -31,10 +31,9 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import Dict, Optional
-
-import numpy as np
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -44,26 +43,32 @@ from ..advantages import PerPromptStatTracker
 from ..backends import resolve_backend
 from ..estimators import weighting_record
 from ..objectives import objective_record
+from ..rewards.registry import score_column
 from ..sampling import cfg_velocity, ode_sample, sde_sample, timestep_grid
 from . import faults, resume_notes, run_dir
-from .config import TrainConfig, require_known_reward
-from .errors import ConfigError, NonFiniteError, RewardError, RunWarning  # noqa: F401 - re-exported
+from .config import RESUME_AUTO, TrainConfig, require_known_reward
+from .errors import ConfigError, NonFiniteError, Preempted, RewardError, RunWarning  # noqa: F401 - re-exported
 from .nonfinite import SKIP_REASONS, NonFiniteGuard  # noqa: F401 - SKIP_REASONS re-exported
+from .lock import RunLock
 from .outputs import RunOutputs, claim_output_dir
 from .policy_step import POLICY_STEPS, Rollout
-from .ranks import FailureChannel
+from .preemption import Abandon, Preemption, StopRequest
+from .ranks import FailureChannel, init_elastic_restart
 from .policies import PolicySet
 from .sharding import check_fsdp_launch
-from .state import load_state, save_state
+from .state import check_same_run, load_state, save_state
 from .trackers import build_trackers, tracker_names
 from .task import Task, load_task
 
 
-class Trainer(PolicySet, NonFiniteGuard):
+class Trainer(PolicySet, NonFiniteGuard, Preemption):
     def __init__(self, config: TrainConfig, task: Optional[Task] = None):
         config.validate()
         if task is None:
             require_known_reward(config.reward)
+        # Before anything initialises the process group (PartialState below does): torchrun
+        # --max-restarts needs the restarted group's own keys (ranks.py).
+        init_elastic_restart()
         # output_dir none: a directory per task and run, chosen once for every process (run_dir.py).
         state = PartialState(cpu=not torch.cuda.is_available())
         broadcast = (lambda value: broadcast_object_list([value])[0]) if state.num_processes > 1 else None
@@ -76,9 +81,11 @@ class Trainer(PolicySet, NonFiniteGuard):
                                        log_with=trackers or None)
         # From here on, an error on this process is reported to the others (ranks.py).
         self.failures = FailureChannel(self.accelerator.process_index, self.accelerator.num_processes)
+        self.run_lock: Optional[RunLock] = None
         try:
             self._build(config, task)
         except BaseException as error:
+            self.release_output_dir()
             self.failures.report(error)
             raise
 
@@ -89,6 +96,11 @@ class Trainer(PolicySet, NonFiniteGuard):
             raise ConfigError(f"config keys 'prompts_per_epoch' * 'group_size' = {config.prompts_per_epoch} * "
                               f"{config.group_size} = {config.batch_size} must be divisible by the number of "
                               f"processes ({world}), so every process holds an equal share")
+        if self.accelerator.is_main_process:  # one writer per output directory (lock.py)
+            self.run_lock = RunLock(Path(config.output_dir))
+            weakref.finalize(self, self.run_lock.release)
+        if config.resume == RESUME_AUTO:
+            check_same_run(Path(config.output_dir), config.to_dict())
         claim_output_dir(Path(config.output_dir), resume=config.resume, overwrite=config.overwrite,
                          main_process=self.accelerator.is_main_process)
         # Resuming a finished run changes nothing (resume_notes.py): no model is even loaded.
@@ -124,6 +136,8 @@ class Trainer(PolicySet, NonFiniteGuard):
         self._epoch_number: Optional[int] = None  # 1-based epoch in progress (fault hooks, messages)
         self._phase: Optional[str] = None  # "rollout" | "update" while those run
         self._policy_name = "current"
+        self.stop_request = StopRequest()  # SIGTERM / SIGINT / SIGUSR1 during fit (preemption.py)
+        self._stepped_this_epoch = False
         self._setup_policies()
 
     # --- model calls ------------------------------------------------------------------------------
@@ -133,6 +147,7 @@ class Trainer(PolicySet, NonFiniteGuard):
         self.transformer_rows += x.shape[0]
         if self._phase == "rollout":
             faults.point("rollout", self._epoch_number, self.accelerator.process_index)
+            self._stop_point()
         with self.accelerator.autocast():
             out = self.model.velocity(x, t, cond)
         if self._phase is not None:
@@ -164,6 +179,7 @@ class Trainer(PolicySet, NonFiniteGuard):
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward of one micro-batch's loss, unless this epoch met a non-finite value (on any process)."""
+        self._stop_point()
         loss = faults.corrupt("loss", self._epoch_number, loss, self.accelerator.process_index)
         if not bool(torch.isfinite(loss).all()):
             self._flag("loss", f"the loss is {float(loss.detach())}")
@@ -238,7 +254,7 @@ class Trainer(PolicySet, NonFiniteGuard):
         try:
             faults.point("reward", epoch, process)  # "raise" here stands for the reward function raising
             scores, _ = self.task.reward_fn(images, rollout.prompts, None)
-            local = _reward_column(scores, count)
+            local = score_column(scores, count)
         except Exception as error:  # noqa: BLE001 - every failure is re-raised below, with context
             failure, local = error, None
         if self._agree(failure is not None):
@@ -283,6 +299,7 @@ class Trainer(PolicySet, NonFiniteGuard):
             elif cfg.grad_clip > 0:
                 self.accelerator.clip_grad_norm_(self.parameters, cfg.grad_clip)
             self.optimizer.step()
+            self._stepped_this_epoch = True  # from here on a stop finishes the epoch (preemption.py)
             faults.point("optimizer", self._epoch_number, self.accelerator.process_index)
             self.step += 1
             if blend:
@@ -387,12 +404,31 @@ class Trainer(PolicySet, NonFiniteGuard):
     # --- the loop -----------------------------------------------------------------------------------
     def fit(self) -> dict:
         """Train to the configured end and return the summary. An exception on any process is
-        reported to the others, which stop with it instead of waiting in a collective (ranks.py)."""
+        reported to the others, which stop with it instead of waiting in a collective (ranks.py).
+
+        Raises:
+            Preempted: SIGTERM, SIGINT or SIGUSR1 arrived; a verified checkpoint was written first
+            (preemption.py). Every process raises it at the same point.
+        """
+        self.stop_request.install()
         try:
-            return self._fit()
+            summary = self._fit()
+        except Preempted:
+            raise  # agreed by every process: nothing to report
         except BaseException as error:
             self.failures.report(error)
             raise
+        else:
+            self.failures.close()
+            return summary
+        finally:
+            self.stop_request.uninstall()
+            self.release_output_dir()
+
+    def release_output_dir(self) -> None:
+        """Let another run write output_dir (done when fit ends; lock.py)."""
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     def _fit(self) -> dict:
         cfg = self.config
@@ -407,15 +443,30 @@ class Trainer(PolicySet, NonFiniteGuard):
             if main:
                 print(resume_notes.resumed_line(self.output.checkpoint, self.epoch, cfg.epochs), flush=True)
         else:
-            if cfg.resume and self.accelerator.is_main_process:
+            if cfg.resume is True and self.accelerator.is_main_process:  # "auto": an empty directory is expected
                 warnings.warn(f"nothing to resume in {cfg.output_dir} (no checkpoint): starting a fresh run",
                               RunWarning, stacklevel=2)
             before = self.evaluate()
             self.output.start(before, self.sample, self.task.prompts)
         clock = self.output.clock_offset
         progress = self.output.progress(cfg.epochs, initial=self.epoch)
-        reached = False
+        try:
+            stopped = self._epochs(before, progress, clock, start)
+        except Abandon:
+            stopped = None
+            self._preempt(before, progress, snapshot=self._snapshot)
+        progress.close()
+        if stopped and main:  # the progress bar stops short of epochs: say why
+            print(stopped, flush=True)
+        return self.output.finish(self, before, clock + time.perf_counter() - start)
+
+    def _epochs(self, before: dict, progress, clock: float, start: float) -> Optional[str]:
+        """Epochs from self.epoch to the end, to stop_at, or to a stop signal (preemption.py); returns
+        the line that says the run stopped early at stop_at, else None."""
+        cfg = self.config
         for epoch in range(self.epoch, cfg.epochs):
+            self._snapshot = self._epoch_snapshot()
+            self._stop_point()
             timer = self.output.timer()
             self._epoch_number = epoch + 1
             self.skip_reason, self.skip_detail = None, ""
@@ -427,6 +478,7 @@ class Trainer(PolicySet, NonFiniteGuard):
                 self._check_rollout(rollout)
             with timer("reward"):
                 rewards = self.rewards(rollout)
+            self._stop_point()
             finite = torch.isfinite(rewards)
             if not bool(finite.all()):
                 self._flag("reward", f"{int((~finite).sum())} of {rewards.numel()} rewards are NaN or Inf")
@@ -468,32 +520,12 @@ class Trainer(PolicySet, NonFiniteGuard):
                 self.output.checkpoint = save_state(self, before)
                 self.accelerator.wait_for_everyone()
             if reached:
-                break
-        progress.close()
-        if reached and main:  # the progress bar stops short of epochs: say why
-            print(f"stopped early at epoch {self.epoch} of {cfg.epochs}: {self.task.metric} "
-                  f"{record[self.task.metric]:.3f} reached stop_at {cfg.stop_at:g}", flush=True)
-        return self.output.finish(self, before, clock + time.perf_counter() - start)
+                return (f"stopped early at epoch {self.epoch} of {cfg.epochs}: {self.task.metric} "
+                        f"{record[self.task.metric]:.3f} reached stop_at {cfg.stop_at:g}")
+            if self._stop_agreed():
+                self._preempt(before, progress)
+        return None
 
 
 def _mean(values) -> float:
     return sum(values) / len(values)
-
-
-def _reward_column(scores, count: int) -> torch.Tensor:
-    """scores["avg"] as float64 [count]; ValueError / TypeError describe what came back instead."""
-    if not isinstance(scores, dict) or "avg" not in scores:
-        raise TypeError(f"the reward function must return (scores, info) with scores a dict holding 'avg'; got "
-                        f"scores of type {type(scores).__name__}"
-                        + (f" with keys {sorted(scores)[:8]}" if isinstance(scores, dict) else ""))
-    values = scores["avg"]
-    if isinstance(values, torch.Tensor):
-        values = values.detach().to("cpu", torch.float64)
-    try:
-        column = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"scores['avg'] is not numeric ({error})") from None
-    if column.shape != (count,):
-        raise ValueError(f"scores['avg'] has shape {column.shape} for {count} images: one score per image is "
-                         f"required (never truncated or broadcast)")
-    return torch.from_numpy(column.copy())

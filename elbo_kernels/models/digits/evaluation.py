@@ -44,7 +44,8 @@ def score_images(images, digits) -> dict:
     real = real_diversity()
     return {
         "digiteval": float(correct.mean()),
-        # One image per digit (eval_seeds 1) has no spread to measure: None, not numpy's NaN and warning.
+        # Not measured (None) without 2 images of some digit (eval_seeds 1): a std needs two, and numpy's
+        # NaN and warning are not a measurement.
         "diversity": float(np.mean(list(per_class.values())) / real) if per_class else None,
         "reward_agreement": float((reward_pred == eval_pred).mean()),
         "reward": float(reward_probs[np.arange(len(digits)), digits].mean()),
@@ -77,7 +78,8 @@ def evaluate(
     Returns:
         dict with
         "digiteval": fraction the evaluation judge assigns to the prompted digit;
-        "diversity": mean per-class pixel std of the samples / the same on real digits;
+        "diversity": mean per-class pixel std of the samples / the same on real digits (None, not
+            measured, with num_seeds 1: a std needs two images of a digit);
         "reward_agreement": fraction where the reward and evaluation judges' argmaxes agree;
         "reward": mean reward (reward judge's probability of the prompted digit);
         "reward_accuracy": the reward judge's own accuracy on the samples;
