@@ -96,17 +96,18 @@ class Trainer(PolicySet, NonFiniteGuard, Preemption):
             raise ConfigError(f"config keys 'prompts_per_epoch' * 'group_size' = {config.prompts_per_epoch} * "
                               f"{config.group_size} = {config.batch_size} must be divisible by the number of "
                               f"processes ({world}), so every process holds an equal share")
-        if self.accelerator.is_main_process:  # one writer per output directory (lock.py)
-            self.run_lock = RunLock(Path(config.output_dir))
-            weakref.finalize(self, self.run_lock.release)
         if config.resume == RESUME_AUTO:
             check_same_run(Path(config.output_dir), config.to_dict())
-        claim_output_dir(Path(config.output_dir), resume=config.resume, overwrite=config.overwrite,
-                         main_process=self.accelerator.is_main_process)
-        # Resuming a finished run changes nothing (resume_notes.py): no model is even loaded.
+        # Resuming a finished run changes nothing (resume_notes.py): no model is even loaded, and no
+        # lock is taken (its file records the holder: writing it would be a change).
         self.finished = resume_notes.finished_summary(config) if config.resume else None
         if self.finished is not None:
             return
+        if self.accelerator.is_main_process:  # one writer per output directory (lock.py)
+            self.run_lock = RunLock(Path(config.output_dir))
+            weakref.finalize(self, self.run_lock.release)
+        claim_output_dir(Path(config.output_dir), resume=config.resume, overwrite=config.overwrite,
+                         main_process=self.accelerator.is_main_process)
         # Build or load the fused kernels now, not inside the first timed epoch: a first build takes a
         # minute, which showed as a flat gap in the learning curve and a progress bar stuck at 0%.
         resolve_backend(config.backend, self.device)
@@ -410,6 +411,10 @@ class Trainer(PolicySet, NonFiniteGuard, Preemption):
             Preempted: SIGTERM, SIGINT or SIGUSR1 arrived; a verified checkpoint was written first
             (preemption.py). Every process raises it at the same point.
         """
+        if self.finished is not None:  # nothing to do, nothing written (resume_notes.py)
+            if self.accelerator.is_main_process:
+                print(resume_notes.finished_line(self.finished, self.config), flush=True)
+            return self.finished
         self.stop_request.install()
         try:
             summary = self._fit()
@@ -433,10 +438,6 @@ class Trainer(PolicySet, NonFiniteGuard, Preemption):
     def _fit(self) -> dict:
         cfg = self.config
         main = self.accelerator.is_main_process
-        if self.finished is not None:
-            if main:
-                print(resume_notes.finished_line(self.finished, cfg), flush=True)
-            return self.finished
         start = time.perf_counter()
         if cfg.resume and load_state(self):
             before = self.output.summary_before
