@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from . import faults
 from .errors import NonFiniteError
 
 # Why an epoch's update was skipped, in the order an epoch meets them.
@@ -36,6 +37,18 @@ class NonFiniteGuard:
             if agreed is not None and agreed != self.skip_reason:
                 self.skip_reason, self.skip_detail = agreed, f"{agreed}: a non-finite value on another process"
         return self.skip_reason
+
+    def _check_gradients(self) -> None:
+        """Flag this epoch when the gradients hold a non-finite value (checked unless already flagged)."""
+        if self.skip_reason is not None:
+            return
+        with_grad = [p for p in self.parameters if p.grad is not None]
+        if with_grad:
+            with_grad[0].grad = faults.corrupt("grad", self._epoch_number, with_grad[0].grad,
+                                               self.accelerator.process_index)
+        bad = sum(int((~torch.isfinite(p.grad)).sum()) for p in with_grad)
+        if bad:
+            self._flag("gradients", f"the gradients held {bad} non-finite value(s)")
 
     def _check_rollout(self, rollout) -> None:
         values = {"final latents": rollout.final}

@@ -93,6 +93,16 @@ class PolicySet:
         return "ema" if self.config.ema_decay > 0 else "current"
 
     @torch.no_grad()
+    def update_old_and_ema(self) -> None:
+        """old <- d old + (1 - d) current, ema <- e ema + (1 - e) current and, with anchor_beta > 0,
+        anchor <- a anchor + (1 - a) current (once per epoch)."""
+        cfg = self.config
+        self._blend("old", min(cfg.old_decay_rate * self.step, cfg.old_decay_max))
+        if cfg.ema_decay > 0:
+            self._blend("ema", cfg.ema_decay)
+        if cfg.anchor_beta > 0:
+            self._blend("anchor", min(cfg.anchor_decay_rate * self.step, cfg.anchor_decay_max))
+
     def _blend(self, target: str, decay: float) -> None:
         if self.config.lora_rank > 0:
             blend_adapters(self.transformer, target=target, source="default", decay=decay)

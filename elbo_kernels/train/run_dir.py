@@ -15,8 +15,12 @@ import re
 from pathlib import Path
 from typing import List
 
+from . import resume_notes
+from .config import RESUME_AUTO
 from .errors import option
-from .outputs import RUN_FILES
+from .lock import RunLock
+from .outputs import RUN_FILES, claim_output_dir
+from .state import check_same_run
 
 ROOT = Path("outputs")
 
@@ -74,3 +78,20 @@ def resolve(config, main_process: bool = True, broadcast=None):
     elif main_process and config.resume:
         print(f"output_dir: {chosen}", flush=True)
     return dataclasses.replace(config, output_dir=chosen)
+
+
+def open_run(config, main_process: bool):
+    """The run about to start in ``config.output_dir``: ``(summary, None)`` when resuming a finished
+    run (nothing to do and nothing written, not even the lock file, which records its holder;
+    resume_notes.py), else ``(None, lock)`` once the directory is claimed for this run
+    (outputs.claim_output_dir), the lock held by the main process (lock.py; None elsewhere).
+    With ``resume auto`` a directory holding another run is refused before anything else."""
+    root = Path(config.output_dir)
+    if config.resume == RESUME_AUTO:
+        check_same_run(root, config.to_dict())
+    finished = resume_notes.finished_summary(config) if config.resume else None
+    if finished is not None:
+        return finished, None
+    lock = RunLock(root) if main_process else None
+    claim_output_dir(root, resume=config.resume, overwrite=config.overwrite, main_process=main_process)
+    return None, lock

@@ -46,17 +46,17 @@ from ..objectives import objective_record
 from ..rewards.registry import score_column
 from ..sampling import cfg_velocity, ode_sample, sde_sample, timestep_grid
 from . import faults, resume_notes, run_dir
-from .config import RESUME_AUTO, TrainConfig, require_known_reward
+from .config import TrainConfig, require_known_reward
 from .errors import ConfigError, NonFiniteError, Preempted, RewardError, RunWarning  # noqa: F401 - re-exported
 from .nonfinite import SKIP_REASONS, NonFiniteGuard  # noqa: F401 - SKIP_REASONS re-exported
-from .lock import RunLock
-from .outputs import RunOutputs, claim_output_dir
+from .lock import RunLock  # noqa: F401 - the type of run_lock
+from .outputs import RunOutputs
 from .policy_step import POLICY_STEPS, Rollout
 from .preemption import Abandon, Preemption, StopRequest
 from .ranks import FailureChannel, init_elastic_restart
 from .policies import PolicySet
 from .sharding import check_fsdp_launch
-from .state import check_same_run, load_state, save_state
+from .state import load_state, save_state
 from .trackers import build_trackers, tracker_names
 from .task import Task, load_task
 
@@ -96,18 +96,13 @@ class Trainer(PolicySet, NonFiniteGuard, Preemption):
             raise ConfigError(f"config keys 'prompts_per_epoch' * 'group_size' = {config.prompts_per_epoch} * "
                               f"{config.group_size} = {config.batch_size} must be divisible by the number of "
                               f"processes ({world}), so every process holds an equal share")
-        if config.resume == RESUME_AUTO:
-            check_same_run(Path(config.output_dir), config.to_dict())
-        # Resuming a finished run changes nothing (resume_notes.py): no model is even loaded, and no
-        # lock is taken (its file records the holder: writing it would be a change).
-        self.finished = resume_notes.finished_summary(config) if config.resume else None
+        # A finished run to resume: nothing to do, no model loaded (resume_notes.py); else this run's
+        # claim on output_dir, with the lock on it on the main process (run_dir.py, lock.py).
+        self.finished, self.run_lock = run_dir.open_run(config, self.accelerator.is_main_process)
         if self.finished is not None:
             return
-        if self.accelerator.is_main_process:  # one writer per output directory (lock.py)
-            self.run_lock = RunLock(Path(config.output_dir))
+        if self.run_lock is not None:
             weakref.finalize(self, self.run_lock.release)
-        claim_output_dir(Path(config.output_dir), resume=config.resume, overwrite=config.overwrite,
-                         main_process=self.accelerator.is_main_process)
         # Build or load the fused kernels now, not inside the first timed epoch: a first build takes a
         # minute, which showed as a flat gap in the learning curve and a progress bar stuck at 0%.
         resolve_backend(config.backend, self.device)
@@ -285,14 +280,7 @@ class Trainer(PolicySet, NonFiniteGuard, Preemption):
         """Clip, check, step and (with ``blend``) update old / ema; returns False (and changes nothing) when
         this epoch met a non-finite value or the gradients are non-finite (then ``skip_reason`` says which)."""
         cfg = self.config
-        if self.skip_reason is None:
-            with_grad = [p for p in self.parameters if p.grad is not None]
-            if with_grad:
-                with_grad[0].grad = faults.corrupt("grad", self._epoch_number, with_grad[0].grad,
-                                                   self.accelerator.process_index)
-            bad = sum(int((~torch.isfinite(p.grad)).sum()) for p in with_grad)
-            if bad:
-                self._flag("gradients", f"the gradients held {bad} non-finite value(s)")
+        self._check_gradients()
         stepped = self._agreed_reason() is None
         if stepped:
             if cfg.grad_clip > 0 and self.sharded:
@@ -307,16 +295,6 @@ class Trainer(PolicySet, NonFiniteGuard, Preemption):
                 self.update_old_and_ema()
         self.optimizer.zero_grad(set_to_none=True)
         return stepped
-
-    def update_old_and_ema(self) -> None:
-        """old <- d old + (1 - d) current, ema <- e ema + (1 - e) current and, with anchor_beta > 0,
-        anchor <- a anchor + (1 - a) current (once per epoch)."""
-        cfg = self.config
-        self._blend("old", min(cfg.old_decay_rate * self.step, cfg.old_decay_max))
-        if cfg.ema_decay > 0:
-            self._blend("ema", cfg.ema_decay)
-        if cfg.anchor_beta > 0:
-            self._blend("anchor", min(cfg.anchor_decay_rate * self.step, cfg.anchor_decay_max))
 
     def inner_parts(self, epoch: int, count: int) -> list:
         """inner_steps > 1: this process's samples shuffled (keyed by seed and epoch) and split into
