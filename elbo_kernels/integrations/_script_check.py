@@ -129,7 +129,7 @@ def common_arguments(parser: argparse.ArgumentParser, checkout: str, example: st
     parser.add_argument(checkout, required=True, help="the checkout (holds its scripts/ and config/)")
     parser.add_argument("--config", required=True, help=f"path.py:function, e.g. {example}")
     parser.add_argument("--model", help="override config.pretrained.model (hub id or local diffusers folder)")
-    parser.add_argument("--reference-script", help="an unmodified training script (default: the checkout's, or git HEAD's)")
+    parser.add_argument("--reference_script", help="an unmodified training script (default: the checkout's, or git HEAD's)")
     parser.add_argument("--resolution", type=int, help="override config.resolution")
     parser.add_argument("--prompt", action="append", help="a prompt of the batch (repeatable)")
     parser.add_argument("--device", help="default: cuda when available, else cpu")

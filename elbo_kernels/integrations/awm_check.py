@@ -29,6 +29,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from .._argparse import Parser
 from . import _script_check as common
 from .awm import awm_loss
 
@@ -104,9 +105,9 @@ def check(args: argparse.Namespace) -> Dict:
     return result
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m elbo_kernels.integrations.awm_check",
-                                description=__doc__.split("\n\n")[0], allow_abbrev=False)
+def parser() -> Parser:
+    p = Parser(prog="python -m elbo_kernels.integrations.awm_check",
+               description=__doc__.split("\n\n")[0])
     common.common_arguments(p, "--awm", "config/dgx_awm.py:geneval_sd3_no_cfg_1node")
     return p
 

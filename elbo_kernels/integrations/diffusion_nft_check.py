@@ -26,6 +26,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from .._argparse import Parser
 from . import _script_check as common
 from .diffusion_nft import nft_loss
 
@@ -87,10 +88,10 @@ def check(args: argparse.Namespace) -> Dict:
     return result
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m elbo_kernels.integrations.diffusion_nft_check",
-                                description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    common.common_arguments(p, "--diffusion-nft", "config/nft.py:sd3_geneval")
+def parser() -> Parser:
+    p = Parser(prog="python -m elbo_kernels.integrations.diffusion_nft_check",
+               description=__doc__.split("\n\n")[0])
+    common.common_arguments(p, "--diffusion_nft", "config/nft.py:sd3_geneval")
     return p
 
 
