@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import List
 
 from . import resume_notes
-from .config import RESUME_AUTO
 from .errors import option
 from .lock import RunLock
 from .outputs import RUN_FILES, claim_output_dir
@@ -85,13 +84,19 @@ def open_run(config, main_process: bool):
     run (nothing to do and nothing written, not even the lock file, which records its holder;
     resume_notes.py), else ``(None, lock)`` once the directory is claimed for this run
     (outputs.claim_output_dir), the lock held by the main process (lock.py; None elsewhere).
-    With ``resume auto`` a directory holding another run is refused before anything else."""
+    When resuming, a directory holding another run (config.yaml differs in a key that must match) is
+    refused before anything else."""
     root = Path(config.output_dir)
-    if config.resume == RESUME_AUTO:
+    if config.resume:  # another run's directory is refused before anything, a finished one included
         check_same_run(root, config.to_dict())
     finished = resume_notes.finished_summary(config) if config.resume else None
     if finished is not None:
         return finished, None
     lock = RunLock(root) if main_process else None
-    claim_output_dir(root, resume=config.resume, overwrite=config.overwrite, main_process=main_process)
+    try:
+        claim_output_dir(root, resume=config.resume, overwrite=config.overwrite, main_process=main_process)
+    except BaseException:
+        if lock is not None:  # a refused run leaves the directory as it found it, lock file included
+            lock.release()
+        raise
     return None, lock
