@@ -28,8 +28,6 @@ Needs diffusers; without it the script says so in one line and exits 3.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,8 +36,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
+sys.path.insert(1, str(ROOT))
 
 import elbo_kernels as ek  # noqa: E402
+from bench_kernels import write_json  # noqa: E402  (one atomic JSON writer for the benchmarks)
 
 EXIT_NO_DIFFUSERS = 3
 
@@ -209,11 +209,8 @@ def main(argv=None) -> dict:
 
 
 def _write(path, result: dict) -> None:
-    if path is None:
-        return
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, path)
+    if path is not None:
+        write_json(Path(path), result)
 
 
 if __name__ == "__main__":
